@@ -1,0 +1,548 @@
+//! The broker handle: opening, topics, publishing and subscribing.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::config::{BrokerConfig, ConsumerConfig, Durability, TopicConfig};
+use crate::consumer::Consumer;
+use crate::error::{Error, Result};
+use crate::flusher::Flusher;
+use crate::group::{Group, GroupParts};
+use crate::log::TopicLog;
+use crate::message::{Message, Receipt};
+use crate::name::validate_name;
+use crate::record::{GroupMetaRecord, StoredMessage, TopicRecord};
+use crate::storage::Storage;
+
+/// Interval of the flusher's idle rounds in `Durability::Flushed` mode, where every publish
+/// and ack requests its own round.
+const FLUSHED_IDLE_INTERVAL: Duration = Duration::from_millis(100);
+
+static NEXT_CONSUMER_ID: AtomicU64 = AtomicU64::new(1);
+
+/// An embedded message broker on one sled database.
+///
+/// `Broker` is a cheap handle: clones share the database, topics and groups. The database is
+/// flushed and closed when the last clone, consumer and delivery are dropped.
+///
+/// # Examples
+///
+/// ```
+/// use aqueduct::{Broker, Message, TopicConfig};
+///
+/// # fn main() -> aqueduct::Result<()> {
+/// let dir = tempfile::tempdir().expect("temporary directory");
+/// let broker = Broker::open(dir.path())?;
+/// broker.create_topic("orders", TopicConfig::default().partitions(4))?;
+/// let receipt = broker.publish("orders", Message::new("order 1").key("customer-9"))?;
+/// assert_eq!(receipt.offset, 0);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    flusher: Arc<Flusher>,
+    flusher_thread: Mutex<Option<JoinHandle<()>>>,
+    /// Kept alive so that the clock's weak reference to it stays valid.
+    _clock_waker: Arc<dyn Fn() + Send + Sync>,
+}
+
+struct Shared {
+    storage: Arc<Storage>,
+    config: BrokerConfig,
+    topics: RwLock<HashMap<String, Arc<TopicLog>>>,
+    groups: Mutex<HashMap<(String, String), Arc<Group>>>,
+    /// Serializes topic creation.
+    topic_creation: Mutex<()>,
+}
+
+impl Broker {
+    /// Opens or creates a broker database in directory `path` with default settings.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Locked`] when another handle holds the database, [`Error::IncompatibleFormat`]
+    /// or [`Error::Corrupt`] for unreadable stores, [`Error::Io`] for file system failures.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        Self::open_with(path, BrokerConfig::default())
+    }
+
+    /// Opens or creates a broker database in directory `path`.
+    ///
+    /// # Errors
+    ///
+    /// As for [`open`](Self::open), and [`Error::InvalidConfig`] for out-of-range settings.
+    pub fn open_with(path: impl AsRef<Path>, config: BrokerConfig) -> Result<Self> {
+        config.validate()?;
+        let path = path.as_ref();
+        let storage = Storage::open(path, config.cache_bytes)?;
+        let broker = Self::start(storage, config)?;
+        tracing::info!(path = %path.display(), "broker opened");
+        Ok(broker)
+    }
+
+    /// Creates a broker on a temporary database that is deleted when the broker is dropped.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Storage`] when sled cannot create the temporary files.
+    pub fn temporary() -> Result<Self> {
+        Self::temporary_with(BrokerConfig::default())
+    }
+
+    /// Creates a broker on a temporary database with the given settings.
+    ///
+    /// # Errors
+    ///
+    /// As for [`temporary`](Self::temporary), and [`Error::InvalidConfig`].
+    pub fn temporary_with(config: BrokerConfig) -> Result<Self> {
+        config.validate()?;
+        let storage = Storage::temporary(config.cache_bytes)?;
+        Self::start(storage, config)
+    }
+
+    fn start(storage: Storage, config: BrokerConfig) -> Result<Self> {
+        let storage = Arc::new(storage);
+        let mut topics = HashMap::new();
+        for record in storage.load_topics()? {
+            let topic = TopicLog::load(
+                Arc::clone(&storage),
+                record.id,
+                record.name.clone(),
+                record.config,
+                config.block_bytes,
+            )?;
+            topics.insert(record.name, Arc::new(topic));
+        }
+        let shared = Arc::new(Shared {
+            storage,
+            config: config.clone(),
+            topics: RwLock::new(topics),
+            groups: Mutex::new(HashMap::new()),
+            topic_creation: Mutex::new(()),
+        });
+
+        let interval = match config.durability {
+            Durability::Flushed => FLUSHED_IDLE_INTERVAL,
+            Durability::Buffered { max_delay } => max_delay,
+        };
+        let round_shared = Arc::clone(&shared);
+        let (flusher, thread) = Flusher::start(interval, Box::new(move || round_shared.round()))?;
+
+        let weak: Weak<Shared> = Arc::downgrade(&shared);
+        let clock_waker: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+            if let Some(shared) = weak.upgrade() {
+                shared.wake_all();
+            }
+        });
+        config.clock.on_advance(Arc::downgrade(&clock_waker));
+
+        Ok(Broker {
+            inner: Arc::new(Inner {
+                shared,
+                flusher,
+                flusher_thread: Mutex::new(Some(thread)),
+                _clock_waker: clock_waker,
+            }),
+        })
+    }
+
+    /// Creates a topic, or confirms that it exists with the same configuration.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidName`], [`Error::InvalidConfig`], [`Error::DeadLetterTopicNotFound`],
+    /// and [`Error::TopicConfigMismatch`] when the topic exists with another configuration.
+    pub fn create_topic(&self, name: &str, config: TopicConfig) -> Result<()> {
+        validate_name("topic", name)?;
+        config.validate(name)?;
+        let shared = &self.inner.shared;
+        let _creating = shared.topic_creation.lock();
+
+        if let Some(existing) = shared.topics.read().get(name) {
+            if existing.config == config {
+                return Ok(());
+            }
+            return Err(Error::TopicConfigMismatch {
+                topic: name.to_string(),
+                existing: existing.config.to_string(),
+                requested: config.to_string(),
+            });
+        }
+        if let Some(dead_letter_topic) = &config.dead_letter_topic {
+            if !shared.topics.read().contains_key(dead_letter_topic) {
+                return Err(Error::DeadLetterTopicNotFound {
+                    topic: name.to_string(),
+                    dead_letter_topic: dead_letter_topic.clone(),
+                });
+            }
+        }
+
+        let id = shared.topics.read().values().map(|topic| topic.id + 1).max().unwrap_or(0);
+        let record = TopicRecord { id, name: name.to_string(), config: config.clone() };
+        shared.storage.put_topic(&record)?;
+        let storage = Arc::clone(&shared.storage);
+        let topic =
+            TopicLog::load(storage, id, name.to_string(), config, shared.config.block_bytes)?;
+        shared.topics.write().insert(name.to_string(), Arc::new(topic));
+        tracing::debug!(topic = name, id, "topic created");
+        Ok(())
+    }
+
+    /// Returns every topic with its configuration, sorted by name.
+    pub fn topics(&self) -> Vec<(String, TopicConfig)> {
+        let topics = self.inner.shared.topics.read();
+        let mut list: Vec<_> =
+            topics.values().map(|topic| (topic.name.clone(), topic.config.clone())).collect();
+        list.sort_by(|a, b| a.0.cmp(&b.0));
+        list
+    }
+
+    /// Returns a topic's configuration.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TopicNotFound`].
+    pub fn topic_config(&self, topic: &str) -> Result<TopicConfig> {
+        Ok(self.inner.shared.topic(topic)?.config.clone())
+    }
+
+    /// Returns the next offset that `partition` of `topic` will assign (its high watermark).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TopicNotFound`], or [`Error::InvalidConfig`] for a partition out of range.
+    pub fn end_offset(&self, topic: &str, partition: u32) -> Result<u64> {
+        let topic = self.inner.shared.topic(topic)?;
+        if partition >= topic.partition_count() {
+            return Err(Error::InvalidConfig {
+                setting: "partition",
+                value: partition.to_string(),
+                expected: format!(
+                    "a partition below {} for topic {:?}",
+                    topic.partition_count(),
+                    topic.name
+                ),
+            });
+        }
+        Ok(topic.end_offset(partition))
+    }
+
+    /// Publishes one message.
+    ///
+    /// With `Durability::Flushed` this returns once the message is fsynced; with `Buffered` it
+    /// returns at once.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TopicNotFound`], [`Error::MessageTooLarge`], [`Error::InvalidHeader`],
+    /// [`Error::Poisoned`] after a storage failure.
+    pub fn publish(&self, topic: &str, message: Message) -> Result<Receipt> {
+        let mut receipts = self.publish_batch(topic, std::iter::once(message))?;
+        receipts.pop().ok_or(Error::Closed)
+    }
+
+    /// Publishes messages and returns one receipt per message, in input order. Messages with the
+    /// same partition keep their relative order. The batch is validated as a whole before
+    /// anything is stored.
+    ///
+    /// # Errors
+    ///
+    /// As for [`publish`](Self::publish).
+    pub fn publish_batch(
+        &self,
+        topic: &str,
+        messages: impl IntoIterator<Item = Message>,
+    ) -> Result<Vec<Receipt>> {
+        let shared = &self.inner.shared;
+        let topic = shared.topic(topic)?;
+        shared.storage.check_writable()?;
+        let now = shared.config.clock.now_ms();
+
+        let mut per_partition: Vec<Vec<(usize, StoredMessage)>> =
+            vec![Vec::new(); topic.partition_count() as usize];
+        let mut count = 0;
+        for message in messages {
+            shared.validate_message(&topic.name, &message)?;
+            let partition = topic.choose_partition(message.key.as_deref());
+            per_partition[partition as usize].push((count, stored(message, now)));
+            count += 1;
+        }
+
+        let mut receipts = vec![Receipt { partition: 0, offset: 0 }; count];
+        for (partition, batch) in per_partition.into_iter().enumerate() {
+            if batch.is_empty() {
+                continue;
+            }
+            let (positions, messages): (Vec<usize>, Vec<StoredMessage>) = batch.into_iter().unzip();
+            let assigned = topic.append(partition as u32, messages)?;
+            for (position, receipt) in positions.into_iter().zip(assigned) {
+                receipts[position] = receipt;
+            }
+        }
+        topic.signal.bump();
+
+        if shared.config.durability == Durability::Flushed && count > 0 {
+            self.inner.flusher.sync()?;
+        }
+        Ok(receipts)
+    }
+
+    /// Joins consumer group `group` on `topic` with default settings (unordered).
+    ///
+    /// # Errors
+    ///
+    /// As for [`subscribe_with`](Self::subscribe_with).
+    pub fn subscribe(&self, topic: &str, group: &str) -> Result<Consumer> {
+        self.subscribe_with(topic, group, ConsumerConfig::default())
+    }
+
+    /// Joins consumer group `group` on `topic`. A new group starts at the earliest stored
+    /// message of every partition.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TopicNotFound`], [`Error::InvalidName`], [`Error::InvalidConfig`],
+    /// [`Error::GroupConfigMismatch`] when the group exists with another ordering mode.
+    pub fn subscribe_with(
+        &self,
+        topic: &str,
+        group: &str,
+        config: ConsumerConfig,
+    ) -> Result<Consumer> {
+        validate_name("group", group)?;
+        config.validate()?;
+        let group = self.inner.shared.group(topic, group, &config, &self.inner.flusher)?;
+        let id = NEXT_CONSUMER_ID.fetch_add(1, Ordering::Relaxed);
+        Ok(Consumer::new(self.clone(), group, id, config))
+    }
+
+    /// Republishes up to `max` dead letters from `dead_letter_topic` to their source topics and
+    /// returns how many were replayed. Progress is tracked by consumer group `group` on the
+    /// dead-letter topic, so a second call continues where the first stopped. The replayed
+    /// copy keeps payload, key, headers and id, and is a new message at a new offset.
+    ///
+    /// # Errors
+    ///
+    /// As for [`subscribe`](Self::subscribe) and [`publish`](Self::publish).
+    pub fn replay_dead_letters(
+        &self,
+        dead_letter_topic: &str,
+        group: &str,
+        max: usize,
+    ) -> Result<usize> {
+        let mut consumer = self.subscribe(dead_letter_topic, group)?;
+        let mut replayed = 0;
+        while replayed < max {
+            let Some(delivery) = consumer.try_recv()? else { break };
+            let Some(info) = delivery.dead_letter_info().cloned() else {
+                tracing::warn!(
+                    topic = dead_letter_topic,
+                    offset = delivery.offset(),
+                    "message has no dead-letter metadata; skipping it"
+                );
+                delivery.ack()?;
+                continue;
+            };
+            let mut message = Message::new(delivery.payload().to_vec());
+            message.key = delivery.key().map(<[u8]>::to_vec);
+            message.id = delivery.id().map(str::to_string);
+            message.headers =
+                delivery.headers().map(|(name, value)| (name.to_string(), value.to_vec())).collect();
+            self.publish(&info.source_topic, message)?;
+            delivery.ack()?;
+            replayed += 1;
+        }
+        if replayed > 0 {
+            tracing::info!(topic = dead_letter_topic, replayed, "replayed dead letters");
+        }
+        Ok(replayed)
+    }
+
+    /// Opens an application tree in the broker's database, for data that must change in one
+    /// sled transaction with outbox or inbox records.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ReservedTreeName`] for names starting with `__aqueduct`.
+    pub fn tree(&self, name: &str) -> Result<sled::Tree> {
+        self.inner.shared.storage.app_tree(name)
+    }
+
+    /// Makes everything published and acknowledged so far durable, and waits for it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Poisoned`] after a storage failure.
+    pub fn flush(&self) -> Result<()> {
+        self.inner.flusher.sync()
+    }
+
+    /// Returns how many flush rounds have fsynced the database since it was opened.
+    pub fn fsync_count(&self) -> u64 {
+        self.inner.flusher.rounds()
+    }
+
+    /// Returns `(committed offset, in-flight deliveries)` per partition for a group that has a
+    /// live consumer in this process, or `None`.
+    pub fn group_positions(&self, topic: &str, group: &str) -> Option<Vec<(u64, usize)>> {
+        let groups = self.inner.shared.groups.lock();
+        groups.get(&(topic.to_string(), group.to_string())).map(|group| group.positions())
+    }
+
+    /// The database directory, or `None` for a temporary broker.
+    pub fn path(&self) -> Option<&Path> {
+        self.inner.shared.storage.path()
+    }
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("path", &self.path())
+            .field("config", &self.inner.shared.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.flusher.shutdown();
+        if let Some(thread) = self.flusher_thread.lock().take() {
+            if thread.join().is_err() {
+                tracing::error!("flusher thread panicked during shutdown");
+            }
+        }
+        tracing::debug!(path = ?self.shared.storage.path(), "broker closed");
+    }
+}
+
+impl Shared {
+    fn topic(&self, name: &str) -> Result<Arc<TopicLog>> {
+        self.topics
+            .read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::TopicNotFound { topic: name.to_string() })
+    }
+
+    fn validate_message(&self, topic: &str, message: &Message) -> Result<()> {
+        let size = message.size();
+        if size > self.config.max_message_bytes {
+            return Err(Error::MessageTooLarge {
+                topic: topic.to_string(),
+                size,
+                limit: self.config.max_message_bytes,
+            });
+        }
+        message.validate_headers()
+    }
+
+    fn group(
+        &self,
+        topic: &str,
+        name: &str,
+        config: &ConsumerConfig,
+        flusher: &Arc<Flusher>,
+    ) -> Result<Arc<Group>> {
+        let topic = self.topic(topic)?;
+        let mut groups = self.groups.lock();
+        let key = (topic.name.clone(), name.to_string());
+        if let Some(group) = groups.get(&key) {
+            check_ordering(&topic.name, name, group.ordering, config)?;
+            return Ok(Arc::clone(group));
+        }
+
+        match self.storage.load_group_meta(topic.id, name)? {
+            Some(meta) => check_ordering(&topic.name, name, meta.ordering, config)?,
+            None => {
+                let meta = GroupMetaRecord {
+                    topic: topic.name.clone(),
+                    group: name.to_string(),
+                    ordering: config.ordering,
+                };
+                self.storage.put_group_meta(topic.id, &meta)?;
+            }
+        }
+        let dead_letter = match &topic.config.dead_letter_topic {
+            Some(dead_letter) => Some(self.topic(dead_letter)?),
+            None => None,
+        };
+        let group = Arc::new(Group::open(GroupParts {
+            topic,
+            name: name.to_string(),
+            ordering: config.ordering,
+            dead_letter,
+            storage: Arc::clone(&self.storage),
+            flusher: Arc::clone(flusher),
+            clock: Arc::clone(&self.config.clock),
+            durability: self.config.durability,
+            max_unacked: config.max_unacked,
+        })?);
+        groups.insert(key, Arc::clone(&group));
+        Ok(group)
+    }
+
+    /// One flush round: write open blocks and changed cursors, then fsync.
+    fn round(&self) -> Result<bool> {
+        let topics: Vec<Arc<TopicLog>> = self.topics.read().values().cloned().collect();
+        for topic in &topics {
+            topic.seal_all()?;
+        }
+        let groups: Vec<Arc<Group>> = self.groups.lock().values().cloned().collect();
+        for group in &groups {
+            group.persist_dirty()?;
+        }
+        self.storage.flush_durable()
+    }
+
+    fn wake_all(&self) {
+        for topic in self.topics.read().values() {
+            topic.signal.bump();
+        }
+    }
+}
+
+fn check_ordering(
+    topic: &str,
+    group: &str,
+    existing: crate::config::OrderingMode,
+    config: &ConsumerConfig,
+) -> Result<()> {
+    if existing == config.ordering {
+        return Ok(());
+    }
+    Err(Error::GroupConfigMismatch {
+        topic: topic.to_string(),
+        group: group.to_string(),
+        existing: format!("{existing:?}"),
+        requested: format!("{:?}", config.ordering),
+    })
+}
+
+fn stored(message: Message, now: u64) -> StoredMessage {
+    StoredMessage {
+        timestamp_ms: now,
+        payload: message.payload,
+        key: message.key.map(serde_bytes::ByteBuf::from),
+        headers: message
+            .headers
+            .into_iter()
+            .map(|(name, value)| (name, serde_bytes::ByteBuf::from(value)))
+            .collect(),
+        id: message.id,
+        deliver_at_ms: None,
+        dead_letter: None,
+    }
+}

@@ -1,0 +1,346 @@
+//! Broker, topic and consumer configuration.
+//!
+//! Every setter documents its unit, default and bounds. Values are validated when they are used
+//! (`Broker::open_with`, `create_topic`, `subscribe_with`); an out-of-range value is an
+//! [`Error::InvalidConfig`] that names the setting, never a silent clamp.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock::{Clock, SystemClock};
+use crate::error::{Error, Result};
+
+/// Hard upper bound on [`BrokerConfig::max_message_bytes`].
+///
+/// sled 0.34 stores values larger than a quarter of its 512 KiB segment (128 KiB) as separate
+/// blob files, which its flush does not fsync. Keeping every block below that size keeps all
+/// message data in sled's log, where the `Flushed` durability mode can make it durable.
+pub const MAX_MESSAGE_BYTES_LIMIT: usize = 100 * 1024;
+
+/// When a publish (and an ack) counts as durable.
+///
+/// Both modes survive a crash of the process that happens after the stated point. They differ in
+/// what a crash of the machine (power loss, kernel panic) can lose.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// `publish` and `ack` return after the data is written by sled *and* the database file is
+    /// fsynced. Concurrent callers share one flush (group commit). A machine crash loses
+    /// nothing that was acknowledged to the caller.
+    Flushed,
+    /// `publish` and `ack` return at once; a background thread writes and fsyncs the data at
+    /// most `max_delay` later. A crash of the process or the machine can lose publishes and
+    /// acks of the last `max_delay` and nothing older. A lost ack means a redelivery.
+    Buffered {
+        /// Longest time between a publish returning and its data being fsynced.
+        max_delay: Duration,
+    },
+}
+
+impl Default for Durability {
+    fn default() -> Self {
+        Durability::Buffered { max_delay: Duration::from_millis(10) }
+    }
+}
+
+/// Settings for one broker (one database).
+#[derive(Clone)]
+pub struct BrokerConfig {
+    pub(crate) durability: Durability,
+    pub(crate) max_message_bytes: usize,
+    pub(crate) block_bytes: usize,
+    pub(crate) cache_bytes: u64,
+    pub(crate) clock: Arc<dyn Clock>,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            durability: Durability::default(),
+            max_message_bytes: 64 * 1024,
+            block_bytes: 32 * 1024,
+            cache_bytes: 256 * 1024 * 1024,
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+impl fmt::Debug for BrokerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BrokerConfig")
+            .field("durability", &self.durability)
+            .field("max_message_bytes", &self.max_message_bytes)
+            .field("block_bytes", &self.block_bytes)
+            .field("cache_bytes", &self.cache_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BrokerConfig {
+    /// Sets when publishes and acks count as durable. Default: `Buffered` with a 10 ms
+    /// `max_delay`; `max_delay` must be between 1 ms and 60 s.
+    #[must_use]
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// Sets the largest accepted message in bytes (payload, key, headers and id together).
+    /// Default 64 KiB; bounds 1 byte to [`MAX_MESSAGE_BYTES_LIMIT`].
+    #[must_use]
+    pub fn max_message_bytes(mut self, bytes: usize) -> Self {
+        self.max_message_bytes = bytes;
+        self
+    }
+
+    /// Sets the size in bytes at which a partition's open block is written to storage. Larger
+    /// blocks mean fewer sled writes per message. Default 32 KiB; bounds 1 KiB to 96 KiB.
+    #[must_use]
+    pub fn block_bytes(mut self, bytes: usize) -> Self {
+        self.block_bytes = bytes;
+        self
+    }
+
+    /// Sets sled's page cache size in bytes. Default 256 MiB; at least 1 MiB.
+    #[must_use]
+    pub fn cache_bytes(mut self, bytes: u64) -> Self {
+        self.cache_bytes = bytes;
+        self
+    }
+
+    /// Replaces the clock used for ack timeouts, delays and message timestamps. Tests use
+    /// [`ManualClock`](crate::ManualClock) to move time without sleeping. Default: the system
+    /// clock.
+    #[must_use]
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        if let Durability::Buffered { max_delay } = self.durability {
+            check_duration(
+                "BrokerConfig::durability max_delay",
+                max_delay,
+                Duration::from_millis(1),
+                Duration::from_secs(60),
+            )?;
+        }
+        check_range(
+            "BrokerConfig::max_message_bytes",
+            self.max_message_bytes as u64,
+            1,
+            MAX_MESSAGE_BYTES_LIMIT as u64,
+        )?;
+        check_range("BrokerConfig::block_bytes", self.block_bytes as u64, 1024, 96 * 1024)?;
+        check_range("BrokerConfig::cache_bytes", self.cache_bytes, 1 << 20, u64::MAX)
+    }
+}
+
+/// Settings of one topic, fixed when the topic is created.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicConfig {
+    pub(crate) partitions: u32,
+    pub(crate) ack_timeout_ms: u64,
+    pub(crate) max_deliveries: Option<u32>,
+    pub(crate) dead_letter_topic: Option<String>,
+}
+
+impl Default for TopicConfig {
+    fn default() -> Self {
+        TopicConfig {
+            partitions: 1,
+            ack_timeout_ms: 30_000,
+            max_deliveries: None,
+            dead_letter_topic: None,
+        }
+    }
+}
+
+impl fmt::Display for TopicConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "partitions={} ack_timeout={}ms max_deliveries={} dead_letter_topic={}",
+            self.partitions,
+            self.ack_timeout_ms,
+            self.max_deliveries.map_or("unlimited".to_string(), |n| n.to_string()),
+            self.dead_letter_topic.as_deref().unwrap_or("none"),
+        )
+    }
+}
+
+impl TopicConfig {
+    /// Sets the number of partitions. Default 1; bounds 1 to 1024. Messages with the same key
+    /// always land in the same partition.
+    #[must_use]
+    pub fn partitions(mut self, partitions: u32) -> Self {
+        self.partitions = partitions;
+        self
+    }
+
+    /// Sets how long a consumer may hold a delivery before it is redelivered. Default 30 s;
+    /// bounds 1 ms to 7 days; whole milliseconds.
+    #[must_use]
+    pub fn ack_timeout(mut self, timeout: Duration) -> Self {
+        self.ack_timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        self
+    }
+
+    /// Sets how many times a message is delivered to a group before it is moved to the
+    /// dead-letter topic. Default: unlimited; bounds 1 to 10 000. Requires
+    /// [`dead_letter_topic`](Self::dead_letter_topic).
+    #[must_use]
+    pub fn max_deliveries(mut self, max: u32) -> Self {
+        self.max_deliveries = Some(max);
+        self
+    }
+
+    /// Sets the topic that receives dead-lettered messages. It must exist before this topic is
+    /// created and must not be this topic. Default: none.
+    #[must_use]
+    pub fn dead_letter_topic(mut self, topic: impl Into<String>) -> Self {
+        self.dead_letter_topic = Some(topic.into());
+        self
+    }
+
+    /// The number of partitions.
+    pub fn partition_count(&self) -> u32 {
+        self.partitions
+    }
+
+    /// The ack timeout.
+    pub fn ack_timeout_duration(&self) -> Duration {
+        Duration::from_millis(self.ack_timeout_ms)
+    }
+
+    /// The delivery limit, if any.
+    pub fn max_deliveries_limit(&self) -> Option<u32> {
+        self.max_deliveries
+    }
+
+    /// The dead-letter topic, if any.
+    pub fn dead_letter_topic_name(&self) -> Option<&str> {
+        self.dead_letter_topic.as_deref()
+    }
+
+    pub(crate) fn validate(&self, topic: &str) -> Result<()> {
+        check_range("TopicConfig::partitions", u64::from(self.partitions), 1, 1024)?;
+        check_range("TopicConfig::ack_timeout (ms)", self.ack_timeout_ms, 1, 7 * 24 * 3600 * 1000)?;
+        if let Some(max) = self.max_deliveries {
+            check_range("TopicConfig::max_deliveries", u64::from(max), 1, 10_000)?;
+            if self.dead_letter_topic.is_none() {
+                return Err(Error::InvalidConfig {
+                    setting: "TopicConfig::max_deliveries",
+                    value: max.to_string(),
+                    expected: "a dead-letter topic as well; set TopicConfig::dead_letter_topic"
+                        .into(),
+                });
+            }
+        }
+        if let Some(dead_letter_topic) = &self.dead_letter_topic {
+            crate::name::validate_name("topic", dead_letter_topic)?;
+            if dead_letter_topic == topic {
+                return Err(Error::InvalidConfig {
+                    setting: "TopicConfig::dead_letter_topic",
+                    value: dead_letter_topic.clone(),
+                    expected: "a topic other than the topic itself".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How a group hands out messages to its members.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OrderingMode {
+    /// Any member takes any message; maximum parallelism, no order between messages.
+    #[default]
+    Unordered,
+    /// A message is held back while an earlier message with the same key in the same partition
+    /// is unacknowledged, so per-key order survives nacks and redelivery. Keyless messages are
+    /// unordered.
+    PerKey,
+    /// Each partition is owned by one member at a time and handed out in offset order, Kafka
+    /// style; ownership moves when a member is dropped. A redelivered message goes to the owner
+    /// before newer messages of its partition.
+    PerPartition,
+}
+
+/// Settings of one consumer.
+#[derive(Clone, Debug)]
+pub struct ConsumerConfig {
+    pub(crate) ordering: OrderingMode,
+    pub(crate) prefetch: usize,
+    pub(crate) max_unacked: usize,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        ConsumerConfig { ordering: OrderingMode::Unordered, prefetch: 64, max_unacked: 10_000 }
+    }
+}
+
+impl ConsumerConfig {
+    /// Sets the group's ordering mode. It is stored with the group on first subscribe, and
+    /// later subscribers must use the same mode. Default: [`OrderingMode::Unordered`].
+    #[must_use]
+    pub fn ordering(mut self, ordering: OrderingMode) -> Self {
+        self.ordering = ordering;
+        self
+    }
+
+    /// Sets how many deliveries one fetch from the group takes into this consumer's buffer.
+    /// One fetch costs one durable write of attempt counts, so larger values raise throughput.
+    /// Buffered deliveries are leased; dropping the consumer returns them. Default 64; bounds 1
+    /// to 10 000.
+    #[must_use]
+    pub fn prefetch(mut self, prefetch: usize) -> Self {
+        self.prefetch = prefetch;
+        self
+    }
+
+    /// Sets the largest number of unsettled messages per partition that the group tracks.
+    /// When a partition reaches it, newer messages wait until older ones are acked. Default
+    /// 10 000; bounds 1 to 1 000 000.
+    #[must_use]
+    pub fn max_unacked(mut self, max: usize) -> Self {
+        self.max_unacked = max;
+        self
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        check_range("ConsumerConfig::prefetch", self.prefetch as u64, 1, 10_000)?;
+        check_range("ConsumerConfig::max_unacked", self.max_unacked as u64, 1, 1_000_000)
+    }
+}
+
+fn check_range(setting: &'static str, value: u64, min: u64, max: u64) -> Result<()> {
+    if (min..=max).contains(&value) {
+        return Ok(());
+    }
+    Err(Error::InvalidConfig {
+        setting,
+        value: value.to_string(),
+        expected: format!("a value from {min} to {max}"),
+    })
+}
+
+fn check_duration(
+    setting: &'static str,
+    value: Duration,
+    min: Duration,
+    max: Duration,
+) -> Result<()> {
+    if (min..=max).contains(&value) {
+        return Ok(());
+    }
+    Err(Error::InvalidConfig {
+        setting,
+        value: format!("{value:?}"),
+        expected: format!("a duration from {min:?} to {max:?}"),
+    })
+}

@@ -1,0 +1,452 @@
+//! Consumers and deliveries.
+//!
+//! A [`Consumer`] is one member of a group. It fetches deliveries in batches of
+//! [`ConsumerConfig::prefetch`](crate::ConsumerConfig::prefetch) and hands them out one at a
+//! time. Every [`Delivery`] must be settled with [`ack`](Delivery::ack),
+//! [`nack`](Delivery::nack), [`nack_after`](Delivery::nack_after) or
+//! [`dead_letter`](Delivery::dead_letter). A delivery that is dropped unsettled, including
+//! during a panic, is returned for immediate redelivery; one that is held past the topic's ack
+//! timeout is redelivered to any member.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+
+use crate::broker::Broker;
+use crate::config::ConsumerConfig;
+use crate::error::{Error, Result};
+use crate::group::{Group, Leased, Outcome};
+use crate::message::DeadLetterInfo;
+use crate::record::StoredMessage;
+
+/// Longest single sleep of a waiting consumer, so that a lost wake-up costs at most this.
+const MAX_WAIT: Duration = Duration::from_millis(500);
+
+/// One member of a consumer group.
+///
+/// # Examples
+///
+/// ```
+/// use aqueduct::{Broker, Message, TopicConfig};
+///
+/// # fn main() -> aqueduct::Result<()> {
+/// let broker = Broker::temporary()?;
+/// broker.create_topic("jobs", TopicConfig::default())?;
+/// broker.publish("jobs", Message::new("resize image 7"))?;
+///
+/// let mut consumer = broker.subscribe("jobs", "workers")?;
+/// let delivery = consumer.recv()?;
+/// assert_eq!(delivery.payload(), b"resize image 7");
+/// delivery.ack()?;
+/// # Ok(())
+/// # }
+/// ```
+pub struct Consumer {
+    group: Arc<Group>,
+    id: u64,
+    config: ConsumerConfig,
+    buffer: VecDeque<Leased>,
+    /// Clock time of the fetch that filled the buffer.
+    fetched_at_ms: u64,
+    generation: u64,
+    /// Whether the buffer's attempt counts still await a flush round.
+    unsynced: bool,
+    _broker: Broker,
+}
+
+impl Consumer {
+    pub(crate) fn new(broker: Broker, group: Arc<Group>, id: u64, config: ConsumerConfig) -> Self {
+        let generation = group.join(id, config.max_unacked);
+        Consumer {
+            group,
+            id,
+            config,
+            buffer: VecDeque::new(),
+            fetched_at_ms: 0,
+            generation,
+            unsynced: false,
+            _broker: broker,
+        }
+    }
+
+    /// The topic this consumer reads.
+    pub fn topic(&self) -> &str {
+        &self.group.topic.name
+    }
+
+    /// The group this consumer belongs to.
+    pub fn group(&self) -> &str {
+        &self.group.name
+    }
+
+    /// Returns a delivery if one is available now, without waiting.
+    ///
+    /// # Errors
+    ///
+    /// Storage failures and [`Error::Closed`].
+    pub fn try_recv(&mut self) -> Result<Option<Delivery>> {
+        if let Some(delivery) = self.next_buffered()? {
+            return Ok(Some(delivery));
+        }
+        self.fill()?;
+        self.next_buffered()
+    }
+
+    /// Waits up to `timeout` for a delivery; `Ok(None)` when none arrived.
+    ///
+    /// # Errors
+    ///
+    /// Storage failures and [`Error::Closed`].
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Option<Delivery>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(delivery) = self.next_buffered()? {
+                return Ok(Some(delivery));
+            }
+            let seen = self.group.topic.signal.seq();
+            let next_due = self.fill()?;
+            if !self.buffer.is_empty() {
+                continue;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            let wait = self.wait_time(deadline - now, next_due);
+            self.group.topic.signal.wait(seen, wait);
+        }
+    }
+
+    /// Waits for a delivery.
+    ///
+    /// # Errors
+    ///
+    /// Storage failures and [`Error::Closed`].
+    pub fn recv(&mut self) -> Result<Delivery> {
+        loop {
+            if let Some(delivery) = self.recv_timeout(Duration::from_secs(3600))? {
+                return Ok(delivery);
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for the first delivery, then returns it with up to `max - 1` more
+    /// that are available without waiting.
+    ///
+    /// # Errors
+    ///
+    /// Storage failures and [`Error::Closed`].
+    pub fn recv_batch(&mut self, max: usize, timeout: Duration) -> Result<Vec<Delivery>> {
+        let mut batch = Vec::new();
+        if max == 0 {
+            return Ok(batch);
+        }
+        let Some(first) = self.recv_timeout(timeout)? else { return Ok(batch) };
+        batch.push(first);
+        while batch.len() < max {
+            match self.try_recv()? {
+                Some(delivery) => batch.push(delivery),
+                None => break,
+            }
+        }
+        Ok(batch)
+    }
+
+    /// Waits for a delivery without blocking the tokio runtime.
+    ///
+    /// Cancel safety: if the future is dropped, deliveries already fetched stay in this
+    /// consumer's buffer for the next call.
+    ///
+    /// # Errors
+    ///
+    /// Storage failures and [`Error::Closed`].
+    pub async fn recv_async(&mut self) -> Result<Delivery> {
+        loop {
+            if self.unsynced {
+                self.group.flusher.sync_async().await?;
+                self.unsynced = false;
+            }
+            if let Some(delivery) = self.next_buffered()? {
+                return Ok(delivery);
+            }
+            let signal = Arc::clone(&self.group.topic.signal);
+            let notified = signal.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let next_due = self.fetch_into_buffer()?;
+            if !self.buffer.is_empty() {
+                continue;
+            }
+            let wait = self.wait_time(MAX_WAIT, next_due);
+            tokio::select! {
+                () = &mut notified => {}
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// Turns the consumer into a stream of deliveries for use with async combinators.
+    pub fn into_stream(self) -> impl futures_core::Stream<Item = Result<Delivery>> + Send {
+        futures_util::stream::unfold(self, |mut consumer| async move {
+            let next = consumer.recv_async().await;
+            Some((next, consumer))
+        })
+    }
+
+    fn wait_time(&self, remaining: Duration, next_due_ms: Option<u64>) -> Duration {
+        let mut wait = remaining.min(MAX_WAIT);
+        if let Some(due) = next_due_ms {
+            let until_due = due.saturating_sub(self.group.clock.now_ms());
+            wait = wait.min(Duration::from_millis(until_due.max(1)));
+        }
+        wait
+    }
+
+    /// Fetches into the buffer and waits for the attempt counts to be durable.
+    fn fill(&mut self) -> Result<Option<u64>> {
+        let next_due = self.fetch_into_buffer()?;
+        if self.unsynced {
+            self.group.flusher.sync()?;
+            self.unsynced = false;
+        }
+        Ok(next_due)
+    }
+
+    fn fetch_into_buffer(&mut self) -> Result<Option<u64>> {
+        let fetched = self.group.fetch(self.id, self.config.prefetch)?;
+        if !fetched.leased.is_empty() {
+            self.buffer.extend(fetched.leased);
+            self.fetched_at_ms = self.group.clock.now_ms();
+            self.generation = fetched.generation;
+            self.unsynced = true;
+        }
+        Ok(fetched.next_due_ms)
+    }
+
+    /// Pops the next buffered delivery. A buffer that is older than half the ack timeout, or
+    /// from before a rebalance, is returned to the group first, because its leases may be gone.
+    fn next_buffered(&mut self) -> Result<Option<Delivery>> {
+        if self.buffer.is_empty() {
+            return Ok(None);
+        }
+        let age = self.group.clock.now_ms().saturating_sub(self.fetched_at_ms);
+        let stale = age > self.group.topic.config.ack_timeout_ms / 2
+            || self.generation != self.group.generation();
+        if stale {
+            self.return_buffer();
+            return Ok(None);
+        }
+        if self.unsynced {
+            self.group.flusher.sync()?;
+            self.unsynced = false;
+        }
+        Ok(self.buffer.pop_front().map(|leased| Delivery::new(Arc::clone(&self.group), leased)))
+    }
+
+    fn return_buffer(&mut self) {
+        let buffered: Vec<Leased> = self.buffer.drain(..).collect();
+        self.group.release_unhanded(&buffered);
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        self.return_buffer();
+        self.group.leave(self.id);
+    }
+}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer")
+            .field("topic", &self.group.topic.name)
+            .field("group", &self.group.name)
+            .field("id", &self.id)
+            .field("buffered", &self.buffer.len())
+            .finish()
+    }
+}
+
+/// A message leased to one consumer, to be settled exactly once.
+pub struct Delivery {
+    group: Arc<Group>,
+    message: Arc<StoredMessage>,
+    partition: u32,
+    offset: u64,
+    attempt: u32,
+    epoch: u64,
+    settled: bool,
+}
+
+impl Delivery {
+    fn new(group: Arc<Group>, leased: Leased) -> Self {
+        Delivery {
+            group,
+            message: leased.message,
+            partition: leased.partition,
+            offset: leased.offset,
+            attempt: leased.attempt,
+            epoch: leased.epoch,
+            settled: false,
+        }
+    }
+
+    /// The payload bytes.
+    pub fn payload(&self) -> &[u8] {
+        &self.message.payload
+    }
+
+    /// Decodes the payload with postcard.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Decode`] naming the topic, partition, offset and type when the bytes do not
+    /// decode as `T`.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T> {
+        postcard::from_bytes(&self.message.payload).map_err(|source| Error::Decode {
+            topic: self.group.topic.name.clone(),
+            partition: self.partition,
+            offset: self.offset,
+            type_name: std::any::type_name::<T>(),
+            source,
+        })
+    }
+
+    /// The partition key, if any.
+    pub fn key(&self) -> Option<&[u8]> {
+        self.message.key.as_deref().map(|key| &key[..])
+    }
+
+    /// The headers in publish order.
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.message.headers.iter().map(|(name, value)| (name.as_str(), &value[..]))
+    }
+
+    /// The value of the first header called `name`.
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers().find(|(header, _)| *header == name).map(|(_, value)| value)
+    }
+
+    /// The message id, if any.
+    pub fn id(&self) -> Option<&str> {
+        self.message.id.as_deref()
+    }
+
+    /// The topic the delivery came from.
+    pub fn topic(&self) -> &str {
+        &self.group.topic.name
+    }
+
+    /// The partition.
+    pub fn partition(&self) -> u32 {
+        self.partition
+    }
+
+    /// The offset within the partition.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Which delivery of this message to this group this is, starting at 1.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// When the message was published, in milliseconds since the Unix epoch.
+    pub fn timestamp_ms(&self) -> u64 {
+        self.message.timestamp_ms
+    }
+
+    /// For a message in a dead-letter topic: where it came from and why it was moved.
+    pub fn dead_letter_info(&self) -> Option<&DeadLetterInfo> {
+        self.message.dead_letter.as_ref()
+    }
+
+    /// Settles the delivery; the group will not deliver this message again.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LeaseExpired`] when the lease expired and the message was handed to another
+    /// consumer; storage failures.
+    pub fn ack(mut self) -> Result<()> {
+        self.settled = true;
+        self.group.settle(self.partition, self.offset, self.epoch, Outcome::Ack)
+    }
+
+    /// Returns the message for redelivery now. At the topic's delivery limit the message is
+    /// dead-lettered instead.
+    ///
+    /// # Errors
+    ///
+    /// As for [`ack`](Self::ack).
+    pub fn nack(self) -> Result<()> {
+        self.nack_after(Duration::ZERO)
+    }
+
+    /// Returns the message for redelivery after `delay`. At the topic's delivery limit the
+    /// message is dead-lettered instead.
+    ///
+    /// # Errors
+    ///
+    /// As for [`ack`](Self::ack).
+    pub fn nack_after(mut self, delay: Duration) -> Result<()> {
+        self.settled = true;
+        let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.group.settle(self.partition, self.offset, self.epoch, Outcome::Nack { delay_ms })
+    }
+
+    /// Moves the message to the topic's dead-letter topic now, with `reason` as its last error.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NoDeadLetterTopic`] when the topic has none (the delivery stays leased until
+    /// its ack timeout); otherwise as for [`ack`](Self::ack).
+    pub fn dead_letter(mut self, reason: impl Into<String>) -> Result<()> {
+        self.settled = true;
+        let outcome = Outcome::DeadLetter { reason: reason.into() };
+        self.group.settle(self.partition, self.offset, self.epoch, outcome)
+    }
+
+    /// Renews the lease for another ack timeout, for handlers that need longer.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LeaseExpired`] when the lease is already gone.
+    pub fn extend(&self) -> Result<()> {
+        self.group.extend(self.partition, self.offset, self.epoch)
+    }
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        tracing::debug!(
+            topic = %self.group.topic.name,
+            group = %self.group.name,
+            partition = self.partition,
+            offset = self.offset,
+            "delivery dropped unsettled; returning it for redelivery"
+        );
+        let outcome = Outcome::Nack { delay_ms: 0 };
+        if let Err(error) = self.group.settle(self.partition, self.offset, self.epoch, outcome) {
+            tracing::debug!(%error, "dropped delivery was no longer leased");
+        }
+    }
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("topic", &self.group.topic.name)
+            .field("group", &self.group.name)
+            .field("partition", &self.partition)
+            .field("offset", &self.offset)
+            .field("attempt", &self.attempt)
+            .field("payload_len", &self.message.payload.len())
+            .finish()
+    }
+}

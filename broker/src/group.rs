@@ -1,0 +1,683 @@
+//! Consumer groups: leases, acks, redelivery and dead-lettering.
+//!
+//! A group keeps, per partition, a window of loaded but unsettled offsets. Each offset in the
+//! window is ready, leased to a consumer, or settled (acked or dead-lettered). `committed` is the
+//! first unsettled offset; everything below it is settled.
+//!
+//! Guarantees:
+//! - A fetch writes the new attempt counts to storage and the caller waits for a flush round
+//!   before handing deliveries out, so attempts survive a crash of the process.
+//! - An ack, nack or extend must carry the epoch of the current lease. A lease that expired and
+//!   was handed to another consumer has a newer epoch, so the old holder gets
+//!   [`Error::LeaseExpired`].
+//! - Dead-lettering writes the dead-letter copy and the settled cursor in one transaction.
+//! - A message that reaches the topic's `max_deliveries` is dead-lettered instead of being
+//!   delivered again, whether its deliveries ended in nacks, timeouts or crashes.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::clock::Clock;
+use crate::config::{Durability, OrderingMode};
+use crate::error::{Error, Result};
+use crate::flusher::Flusher;
+use crate::hash::key_hash;
+use crate::log::{Run, TopicLog};
+use crate::message::DeadLetterInfo;
+use crate::record::{CursorRecord, StoredMessage};
+use crate::storage::{BlockWrite, CursorWrite, Storage};
+
+/// A delivery leased by a fetch, not yet wrapped for the application.
+pub(crate) struct Leased {
+    pub message: Arc<StoredMessage>,
+    pub partition: u32,
+    pub offset: u64,
+    pub attempt: u32,
+    pub epoch: u64,
+}
+
+/// The outcome of one fetch.
+pub(crate) struct Fetched {
+    pub leased: Vec<Leased>,
+    /// Earliest clock time at which a message that is not deliverable yet becomes so.
+    pub next_due_ms: Option<u64>,
+    pub generation: u64,
+}
+
+/// How a delivery is settled or returned.
+pub(crate) enum Outcome {
+    Ack,
+    Nack { delay_ms: u64 },
+    DeadLetter { reason: String },
+}
+
+pub(crate) struct Group {
+    pub topic: Arc<TopicLog>,
+    pub name: String,
+    pub ordering: OrderingMode,
+    pub flusher: Arc<Flusher>,
+    pub clock: Arc<dyn Clock>,
+    dead_letter: Option<Arc<TopicLog>>,
+    storage: Arc<Storage>,
+    durability: Durability,
+    state: Mutex<GroupState>,
+}
+
+struct GroupState {
+    partitions: Vec<PartitionCursor>,
+    members: Vec<u64>,
+    generation: u64,
+    next_epoch: u64,
+    leases: BinaryHeap<Reverse<LeaseEntry>>,
+    rotation: usize,
+    max_unacked: usize,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct LeaseEntry {
+    deadline: u64,
+    partition: u32,
+    offset: u64,
+    epoch: u64,
+}
+
+#[derive(Default)]
+struct PartitionCursor {
+    committed: u64,
+    /// Next offset to load into the window.
+    loaded: u64,
+    window: BTreeMap<u64, Slot>,
+    ready: BTreeSet<u64>,
+    /// Unsettled offsets per key hash, in offset order; used in per-key mode.
+    key_queues: HashMap<u64, VecDeque<u64>>,
+    /// Attempt counts and settled flags read from storage for offsets not loaded yet.
+    recovered: BTreeMap<u64, (u32, bool)>,
+    run: Option<Run>,
+    dirty: bool,
+    /// Whether `key_queues` is maintained (per-key mode only).
+    track_keys: bool,
+}
+
+struct Slot {
+    message: Arc<StoredMessage>,
+    key_hash: Option<u64>,
+    attempts: u32,
+    epoch: u64,
+    lease: Option<Lease>,
+    not_before: u64,
+    settled: bool,
+}
+
+#[derive(Clone, Copy)]
+struct Lease {
+    consumer: u64,
+    deadline: u64,
+}
+
+/// Parameters for opening a group.
+pub(crate) struct GroupParts {
+    pub topic: Arc<TopicLog>,
+    pub name: String,
+    pub ordering: OrderingMode,
+    pub dead_letter: Option<Arc<TopicLog>>,
+    pub storage: Arc<Storage>,
+    pub flusher: Arc<Flusher>,
+    pub clock: Arc<dyn Clock>,
+    pub durability: Durability,
+    pub max_unacked: usize,
+}
+
+impl Group {
+    /// Opens a group and restores its cursors. Deliveries that were in flight when the process
+    /// stopped become ready again with their attempt counts.
+    pub fn open(parts: GroupParts) -> Result<Self> {
+        let mut partitions = Vec::new();
+        let mut restored = 0usize;
+        for partition in 0..parts.topic.partition_count() {
+            let record = parts.storage.load_cursor(parts.topic.id, partition, &parts.name)?;
+            let track_keys = parts.ordering == OrderingMode::PerKey;
+            let cursor = PartitionCursor::restore(record.unwrap_or_default(), track_keys);
+            restored += cursor.recovered.values().filter(|(_, settled)| !settled).count();
+            partitions.push(cursor);
+        }
+        if restored > 0 {
+            tracing::info!(
+                topic = %parts.topic.name,
+                group = %parts.name,
+                in_flight = restored,
+                "recovered deliveries that were in flight; they will be redelivered"
+            );
+        }
+        Ok(Group {
+            topic: parts.topic,
+            name: parts.name,
+            ordering: parts.ordering,
+            flusher: parts.flusher,
+            clock: parts.clock,
+            dead_letter: parts.dead_letter,
+            storage: parts.storage,
+            durability: parts.durability,
+            state: Mutex::new(GroupState {
+                partitions,
+                members: Vec::new(),
+                generation: 0,
+                next_epoch: 1,
+                leases: BinaryHeap::new(),
+                rotation: 0,
+                max_unacked: parts.max_unacked,
+            }),
+        })
+    }
+
+    /// Adds a member; in per-partition mode partitions are reassigned.
+    pub fn join(&self, consumer: u64, max_unacked: usize) -> u64 {
+        let mut state = self.state.lock();
+        state.max_unacked = state.max_unacked.max(max_unacked);
+        state.members.push(consumer);
+        state.members.sort_unstable();
+        self.rebalance(&mut state)
+    }
+
+    /// Removes a member; in per-partition mode its partitions move to the others.
+    pub fn leave(&self, consumer: u64) {
+        let mut state = self.state.lock();
+        state.members.retain(|member| *member != consumer);
+        self.rebalance(&mut state);
+        drop(state);
+        self.topic.signal.bump();
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.state.lock().generation
+    }
+
+    fn rebalance(&self, state: &mut GroupState) -> u64 {
+        state.generation += 1;
+        if self.ordering != OrderingMode::PerPartition {
+            return state.generation;
+        }
+        let members = state.members.clone();
+        for (index, cursor) in state.partitions.iter_mut().enumerate() {
+            let owner = owner_of(&members, index);
+            for (offset, slot) in cursor.window.iter_mut() {
+                let Some(lease) = slot.lease else { continue };
+                if Some(lease.consumer) != owner {
+                    slot.lease = None;
+                    cursor.ready.insert(*offset);
+                }
+            }
+        }
+        tracing::debug!(
+            topic = %self.topic.name,
+            group = %self.name,
+            members = members.len(),
+            generation = state.generation,
+            "rebalanced partitions"
+        );
+        self.topic.signal.bump();
+        state.generation
+    }
+
+    /// Leases up to `max` deliverable messages to `consumer` and writes their attempt counts.
+    /// The caller must wait for a flush round before handing them out.
+    pub fn fetch(&self, consumer: u64, max: usize) -> Result<Fetched> {
+        let now = self.clock.now_ms();
+        let mut state = self.state.lock();
+        self.expire_leases(&mut state, now)?;
+
+        let partition_count = state.partitions.len();
+        let start = state.rotation % partition_count;
+        state.rotation = state.rotation.wrapping_add(1);
+        let mut fetched = Fetched { leased: Vec::new(), next_due_ms: None, generation: 0 };
+        fetched.generation = state.generation;
+
+        for step in 0..partition_count {
+            let partition = (start + step) % partition_count;
+            if fetched.leased.len() >= max {
+                break;
+            }
+            if self.ordering == OrderingMode::PerPartition
+                && owner_of(&state.members, partition) != Some(consumer)
+            {
+                continue;
+            }
+            self.fetch_partition(&mut state, partition, consumer, max, now, &mut fetched)?;
+        }
+
+        for partition in 0..partition_count {
+            if state.partitions[partition].dirty {
+                self.write_cursor(&mut state, partition)?;
+            }
+        }
+        Ok(fetched)
+    }
+
+    fn fetch_partition(
+        &self,
+        state: &mut GroupState,
+        partition: usize,
+        consumer: u64,
+        max: usize,
+        now: u64,
+        fetched: &mut Fetched,
+    ) -> Result<()> {
+        let max_unacked = state.max_unacked;
+        state.partitions[partition].fill(&self.topic, partition as u32, max_unacked)?;
+
+        let candidates = self.candidates(&state.partitions[partition], now, fetched);
+        let ack_timeout = self.topic.config.ack_timeout_ms;
+        for offset in candidates {
+            if fetched.leased.len() >= max {
+                break;
+            }
+            let attempts = state.partitions[partition].window[&offset].attempts;
+            if self.limit_reached(attempts) {
+                let reason = format!("delivery limit of {attempts} reached");
+                self.dead_letter_slot(state, partition, offset, reason)?;
+                continue;
+            }
+            let epoch = state.next_epoch;
+            state.next_epoch += 1;
+            let deadline = now.saturating_add(ack_timeout);
+            let cursor = &mut state.partitions[partition];
+            cursor.ready.remove(&offset);
+            cursor.dirty = true;
+            let Some(slot) = cursor.window.get_mut(&offset) else { continue };
+            slot.attempts += 1;
+            slot.epoch = epoch;
+            slot.lease = Some(Lease { consumer, deadline });
+            if slot.attempts > 1 {
+                tracing::debug!(
+                    topic = %self.topic.name,
+                    group = %self.name,
+                    partition,
+                    offset,
+                    attempt = slot.attempts,
+                    "redelivering"
+                );
+            }
+            fetched.leased.push(Leased {
+                message: Arc::clone(&slot.message),
+                partition: partition as u32,
+                offset,
+                attempt: slot.attempts,
+                epoch,
+            });
+            let entry = LeaseEntry { deadline, partition: partition as u32, offset, epoch };
+            state.leases.push(Reverse(entry));
+        }
+        Ok(())
+    }
+
+    /// Lists the ready offsets of a partition that the group's ordering mode allows now, in
+    /// offset order, and records when the next held-back one becomes due.
+    fn candidates(&self, cursor: &PartitionCursor, now: u64, fetched: &mut Fetched) -> Vec<u64> {
+        let mut candidates = Vec::new();
+        for &offset in &cursor.ready {
+            let slot = &cursor.window[&offset];
+            if slot.not_before > now {
+                let due = fetched.next_due_ms.map_or(slot.not_before, |d| d.min(slot.not_before));
+                fetched.next_due_ms = Some(due);
+                if self.ordering == OrderingMode::PerPartition {
+                    break;
+                }
+                continue;
+            }
+            if self.ordering == OrderingMode::PerKey {
+                if let Some(hash) = slot.key_hash {
+                    let head = cursor.key_queues.get(&hash).and_then(|queue| queue.front());
+                    if head != Some(&offset) {
+                        continue;
+                    }
+                }
+            }
+            candidates.push(offset);
+        }
+        candidates
+    }
+
+    fn limit_reached(&self, attempts: u32) -> bool {
+        self.topic.config.max_deliveries.is_some_and(|max| attempts >= max)
+    }
+
+    /// Makes expired leases ready again, or dead-letters them at the delivery limit.
+    fn expire_leases(&self, state: &mut GroupState, now: u64) -> Result<()> {
+        while let Some(Reverse(entry)) = state.leases.peek().copied() {
+            if entry.deadline > now {
+                break;
+            }
+            state.leases.pop();
+            let partition = entry.partition as usize;
+            let cursor = &mut state.partitions[partition];
+            let Some(slot) = cursor.window.get_mut(&entry.offset) else { continue };
+            let current = slot.epoch == entry.epoch
+                && slot.lease.is_some_and(|lease| lease.deadline == entry.deadline);
+            if !current {
+                continue;
+            }
+            slot.lease = None;
+            let attempts = slot.attempts;
+            tracing::debug!(
+                topic = %self.topic.name,
+                group = %self.name,
+                partition,
+                offset = entry.offset,
+                attempts,
+                "ack timeout expired"
+            );
+            if self.limit_reached(attempts) {
+                let reason = format!("ack timeout expired on delivery {attempts}, the limit");
+                self.dead_letter_slot(state, partition, entry.offset, reason)?;
+            } else {
+                cursor.ready.insert(entry.offset);
+            }
+        }
+        Ok(())
+    }
+
+    /// Settles or returns a leased delivery. Fails with `LeaseExpired` when `epoch` is not the
+    /// delivery's latest lease or the delivery is already settled.
+    pub fn settle(&self, partition: u32, offset: u64, epoch: u64, outcome: Outcome) -> Result<()> {
+        let now = self.clock.now_ms();
+        let mut state = self.state.lock();
+        let index = partition as usize;
+        let slot = state.partitions.get(index).and_then(|cursor| cursor.window.get(&offset));
+        let attempts = match slot {
+            Some(slot) if !slot.settled && slot.epoch == epoch => slot.attempts,
+            _ => return Err(self.lease_expired(partition, offset)),
+        };
+        match outcome {
+            Outcome::Ack => {
+                state.partitions[index].settle(offset);
+            }
+            Outcome::Nack { .. } if self.limit_reached(attempts) => {
+                let reason = format!("nacked on delivery {attempts}, the limit");
+                self.dead_letter_slot(&mut state, index, offset, reason)?;
+            }
+            Outcome::Nack { delay_ms } => {
+                let cursor = &mut state.partitions[index];
+                if let Some(slot) = cursor.window.get_mut(&offset) {
+                    slot.lease = None;
+                    slot.not_before = now.saturating_add(delay_ms);
+                }
+                cursor.ready.insert(offset);
+            }
+            Outcome::DeadLetter { reason } => {
+                self.dead_letter_slot(&mut state, index, offset, reason)?;
+            }
+        }
+        drop(state);
+        self.topic.signal.bump();
+        if self.durability == Durability::Flushed {
+            self.flusher.sync()?;
+        }
+        Ok(())
+    }
+
+    /// Renews the lease of a delivery for another ack timeout.
+    pub fn extend(&self, partition: u32, offset: u64, epoch: u64) -> Result<()> {
+        let now = self.clock.now_ms();
+        let deadline = now.saturating_add(self.topic.config.ack_timeout_ms);
+        let mut state = self.state.lock();
+        let slot = state
+            .partitions
+            .get_mut(partition as usize)
+            .and_then(|cursor| cursor.window.get_mut(&offset));
+        match slot {
+            Some(slot) if !slot.settled && slot.epoch == epoch && slot.lease.is_some() => {
+                if let Some(lease) = slot.lease.as_mut() {
+                    lease.deadline = deadline;
+                }
+            }
+            _ => return Err(self.lease_expired(partition, offset)),
+        }
+        state.leases.push(Reverse(LeaseEntry { deadline, partition, offset, epoch }));
+        Ok(())
+    }
+
+    /// Returns deliveries that were fetched but never handed to the application. Their attempt
+    /// counts go back down; a lease that changed since is left alone.
+    pub fn release_unhanded(&self, deliveries: &[Leased]) {
+        if deliveries.is_empty() {
+            return;
+        }
+        let mut state = self.state.lock();
+        for leased in deliveries {
+            let Some(cursor) = state.partitions.get_mut(leased.partition as usize) else {
+                continue;
+            };
+            let Some(slot) = cursor.window.get_mut(&leased.offset) else { continue };
+            if slot.settled || slot.epoch != leased.epoch || slot.lease.is_none() {
+                continue;
+            }
+            slot.lease = None;
+            slot.attempts = slot.attempts.saturating_sub(1);
+            cursor.ready.insert(leased.offset);
+            cursor.dirty = true;
+        }
+        drop(state);
+        self.topic.signal.bump();
+    }
+
+    /// Writes the cursors that changed since they were last written.
+    pub fn persist_dirty(&self) -> Result<()> {
+        let mut state = self.state.lock();
+        for partition in 0..state.partitions.len() {
+            if state.partitions[partition].dirty {
+                self.write_cursor(&mut state, partition)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn write_cursor(&self, state: &mut GroupState, partition: usize) -> Result<()> {
+        let cursor = &mut state.partitions[partition];
+        let record = cursor.record();
+        self.storage.put_cursor(self.topic.id, partition as u32, &self.name, &record)?;
+        cursor.dirty = false;
+        Ok(())
+    }
+
+    /// Moves a message to the dead-letter topic and settles it, atomically.
+    fn dead_letter_slot(
+        &self,
+        state: &mut GroupState,
+        partition: usize,
+        offset: u64,
+        reason: String,
+    ) -> Result<()> {
+        let Some(dead_letter) = &self.dead_letter else {
+            return Err(Error::NoDeadLetterTopic { topic: self.topic.name.clone() });
+        };
+        let cursor = &mut state.partitions[partition];
+        let Some(slot) = cursor.window.get(&offset) else { return Ok(()) };
+        let attempts = slot.attempts;
+        let copy = StoredMessage {
+            timestamp_ms: slot.message.timestamp_ms,
+            payload: slot.message.payload.clone(),
+            key: slot.message.key.clone(),
+            headers: slot.message.headers.clone(),
+            id: slot.message.id.clone(),
+            deliver_at_ms: None,
+            dead_letter: Some(DeadLetterInfo {
+                source_topic: self.topic.name.clone(),
+                source_partition: partition as u32,
+                source_offset: offset,
+                group: self.name.clone(),
+                attempts,
+                last_error: reason.clone(),
+                dead_lettered_at_ms: self.clock.now_ms(),
+            }),
+        };
+        let target_partition = dead_letter.choose_partition(copy.key.as_deref().map(|k| &k[..]));
+
+        cursor.settle(offset);
+        let record = cursor.record();
+        let receipt = dead_letter.append_with(target_partition, copy, |base, bytes| {
+            let block =
+                BlockWrite { topic_id: dead_letter.id, partition: target_partition, base, bytes };
+            let cursor_write = CursorWrite {
+                topic_id: self.topic.id,
+                partition: partition as u32,
+                group: &self.name,
+                record: &record,
+            };
+            self.storage.put_dead_letter(block, cursor_write)
+        })?;
+        cursor.dirty = false;
+        dead_letter.signal.bump();
+        tracing::warn!(
+            topic = %self.topic.name,
+            group = %self.name,
+            partition,
+            offset,
+            attempts,
+            %reason,
+            dead_letter_topic = %dead_letter.name,
+            dead_letter_partition = receipt.partition,
+            dead_letter_offset = receipt.offset,
+            "dead-lettered message"
+        );
+        Ok(())
+    }
+
+    fn lease_expired(&self, partition: u32, offset: u64) -> Error {
+        Error::LeaseExpired {
+            topic: self.topic.name.clone(),
+            group: self.name.clone(),
+            partition,
+            offset,
+        }
+    }
+
+    /// Returns `(committed, in flight)` per partition, for statistics and tests.
+    pub fn positions(&self) -> Vec<(u64, usize)> {
+        let state = self.state.lock();
+        state
+            .partitions
+            .iter()
+            .map(|cursor| {
+                let in_flight = cursor.window.values().filter(|slot| slot.lease.is_some()).count();
+                (cursor.committed, in_flight)
+            })
+            .collect()
+    }
+}
+
+fn owner_of(members: &[u64], partition: usize) -> Option<u64> {
+    if members.is_empty() {
+        return None;
+    }
+    Some(members[partition % members.len()])
+}
+
+impl PartitionCursor {
+    fn restore(record: CursorRecord, track_keys: bool) -> Self {
+        let recovered = record
+            .entries
+            .iter()
+            .map(|&(delta, attempts, settled)| (record.committed + delta, (attempts, settled)))
+            .collect();
+        PartitionCursor {
+            committed: record.committed,
+            loaded: record.committed,
+            recovered,
+            track_keys,
+            ..PartitionCursor::default()
+        }
+    }
+
+    /// Loads messages into the window until it holds `max_unacked` offsets or the partition
+    /// ends.
+    fn fill(&mut self, topic: &TopicLog, partition: u32, max_unacked: usize) -> Result<()> {
+        while self.window.len() < max_unacked {
+            let run = match &self.run {
+                Some((base, run)) if self.loaded >= *base && self.loaded < base + run.len() as u64 => {
+                    (*base, Arc::clone(run))
+                }
+                _ => match topic.read(partition, self.loaded)? {
+                    Some(run) => {
+                        self.run = Some(run.clone());
+                        run
+                    }
+                    None => break,
+                },
+            };
+            let (base, messages) = run;
+            let start = (self.loaded - base) as usize;
+            let room = max_unacked - self.window.len();
+            for message in messages[start..].iter().take(room) {
+                self.load(Arc::clone(message));
+            }
+        }
+        self.advance();
+        Ok(())
+    }
+
+    fn load(&mut self, message: Arc<StoredMessage>) {
+        let offset = self.loaded;
+        self.loaded += 1;
+        let (attempts, settled) = self.recovered.remove(&offset).unwrap_or((0, false));
+        let key_hash = if self.track_keys { message.key.as_ref().map(|key| key_hash(key)) } else { None };
+        if !settled {
+            self.ready.insert(offset);
+            if let Some(hash) = key_hash {
+                self.key_queues.entry(hash).or_default().push_back(offset);
+            }
+        }
+        let slot =
+            Slot { message, key_hash, attempts, epoch: 0, lease: None, not_before: 0, settled };
+        self.window.insert(offset, slot);
+    }
+
+    fn settle(&mut self, offset: u64) {
+        let Some(slot) = self.window.get_mut(&offset) else { return };
+        slot.settled = true;
+        slot.lease = None;
+        self.ready.remove(&offset);
+        if let Some(hash) = slot.key_hash {
+            if let Some(queue) = self.key_queues.get_mut(&hash) {
+                queue.retain(|queued| *queued != offset);
+                if queue.is_empty() {
+                    self.key_queues.remove(&hash);
+                }
+            }
+        }
+        self.dirty = true;
+        self.advance();
+    }
+
+    /// Drops settled offsets from the front of the window and moves `committed` up.
+    fn advance(&mut self) {
+        while let Some(entry) = self.window.first_entry() {
+            if !entry.get().settled {
+                break;
+            }
+            entry.remove();
+        }
+        let committed = self.window.keys().next().copied().unwrap_or(self.loaded);
+        if committed != self.committed {
+            self.committed = committed;
+            self.dirty = true;
+        }
+    }
+
+    fn record(&self) -> CursorRecord {
+        let committed = self.committed;
+        let mut entries: Vec<(u64, u32, bool)> = self
+            .window
+            .iter()
+            .filter(|(_, slot)| slot.attempts > 0 || slot.settled)
+            .map(|(offset, slot)| (offset - committed, slot.attempts, slot.settled))
+            .collect();
+        entries.extend(
+            self.recovered
+                .iter()
+                .map(|(offset, (attempts, settled))| (offset - committed, *attempts, *settled)),
+        );
+        CursorRecord { committed, entries }
+    }
+}

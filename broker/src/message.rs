@@ -1,0 +1,149 @@
+//! Messages as published and the receipts publishing returns.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Prefix of header names that the broker reserves.
+pub const RESERVED_HEADER_PREFIX: &str = "aqueduct.";
+
+/// A message to publish: a payload with an optional key, headers and id.
+///
+/// # Examples
+///
+/// ```
+/// use aqueduct::Message;
+///
+/// let message = Message::new("hello").key("customer-7").header("content-type", "text/plain");
+/// assert_eq!(message.payload(), b"hello");
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Message {
+    pub(crate) payload: Vec<u8>,
+    pub(crate) key: Option<Vec<u8>>,
+    pub(crate) headers: Vec<(String, Vec<u8>)>,
+    pub(crate) id: Option<String>,
+}
+
+impl Message {
+    /// Creates a message with the given payload and nothing else.
+    pub fn new(payload: impl Into<Vec<u8>>) -> Self {
+        Message { payload: payload.into(), ..Message::default() }
+    }
+
+    /// Creates a message whose payload is `value` encoded with postcard.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Encode`] if serde cannot serialize the value.
+    pub fn encode<T: Serialize>(value: &T) -> Result<Self> {
+        let payload = postcard::to_stdvec(value).map_err(|source| Error::Encode {
+            type_name: std::any::type_name::<T>(),
+            source,
+        })?;
+        Ok(Message::new(payload))
+    }
+
+    /// Sets the partition key. Messages with equal keys land in the same partition and, in
+    /// [`OrderingMode::PerKey`](crate::OrderingMode::PerKey) groups, are processed in order.
+    #[must_use]
+    pub fn key(mut self, key: impl Into<Vec<u8>>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Adds a header. Names must be non-empty and must not start with `aqueduct.`.
+    #[must_use]
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Sets the message id, used for deduplication and carried to consumers.
+    #[must_use]
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+
+    /// The payload bytes.
+    pub fn payload(&self) -> &[u8] {
+        &self.payload
+    }
+
+    /// The partition key, if any.
+    pub fn key_bytes(&self) -> Option<&[u8]> {
+        self.key.as_deref()
+    }
+
+    /// The headers in insertion order.
+    pub fn headers(&self) -> &[(String, Vec<u8>)] {
+        &self.headers
+    }
+
+    /// The message id, if any.
+    pub fn message_id(&self) -> Option<&str> {
+        self.id.as_deref()
+    }
+
+    /// Returns the number of bytes the message counts against the size limit.
+    pub(crate) fn size(&self) -> usize {
+        let headers: usize = self.headers.iter().map(|(n, v)| n.len() + v.len()).sum();
+        self.payload.len()
+            + self.key.as_ref().map_or(0, Vec::len)
+            + self.id.as_ref().map_or(0, String::len)
+            + headers
+    }
+
+    pub(crate) fn validate_headers(&self) -> Result<()> {
+        for (name, _) in &self.headers {
+            if name.is_empty() {
+                return Err(Error::InvalidHeader { name: name.clone(), reason: "it is empty" });
+            }
+            if name.starts_with(RESERVED_HEADER_PREFIX) {
+                return Err(Error::InvalidHeader {
+                    name: name.clone(),
+                    reason: "names starting with \"aqueduct.\" are reserved for the broker",
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where a published message was stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Receipt {
+    /// The partition the message went to.
+    pub partition: u32,
+    /// The message's offset in that partition, dense and starting at 0.
+    pub offset: u64,
+}
+
+/// Where a dead-lettered message came from and why it was dead-lettered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetterInfo {
+    /// The topic the message was published to.
+    pub source_topic: String,
+    /// Its partition in the source topic.
+    pub source_partition: u32,
+    /// Its offset in the source topic.
+    pub source_offset: u64,
+    /// The group that gave up on it.
+    pub group: String,
+    /// How many times the group had delivered it.
+    pub attempts: u32,
+    /// The reason given to `dead_letter`, or the broker's reason (delivery limit reached).
+    pub last_error: String,
+    /// When it was dead-lettered, in milliseconds since the Unix epoch.
+    pub dead_lettered_at_ms: u64,
+}
+
+impl DeadLetterInfo {
+    /// When the message was dead-lettered.
+    pub fn dead_lettered_at(&self) -> std::time::SystemTime {
+        UNIX_EPOCH + Duration::from_millis(self.dead_lettered_at_ms)
+    }
+}

@@ -1,0 +1,105 @@
+//! On-disk records and their encoding.
+//!
+//! Every value the broker stores starts with two bytes: the format version and the record kind.
+//! The body is postcard. Decoding checks both bytes and reports a mismatch as
+//! [`Error::Corrupt`] or [`Error::IncompatibleFormat`] instead of guessing.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{OrderingMode, TopicConfig};
+use crate::error::{Error, Result};
+use crate::message::DeadLetterInfo;
+
+/// Format version written into every record.
+pub const FORMAT_VERSION: u8 = 1;
+
+/// Record kinds, the second byte of every value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Kind {
+    Format = 1,
+    Topic = 2,
+    Block = 3,
+    GroupMeta = 4,
+    GroupCursor = 5,
+}
+
+/// One stored message inside a block.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct StoredMessage {
+    pub timestamp_ms: u64,
+    #[serde(with = "serde_bytes")]
+    pub payload: Vec<u8>,
+    pub key: Option<serde_bytes::ByteBuf>,
+    pub headers: Vec<(String, serde_bytes::ByteBuf)>,
+    pub id: Option<String>,
+    /// Earliest delivery time; reserved for delayed delivery, always `None` for now.
+    pub deliver_at_ms: Option<u64>,
+    pub dead_letter: Option<DeadLetterInfo>,
+}
+
+/// Consecutive messages of one partition starting at the block key's offset.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Block {
+    pub messages: Vec<StoredMessage>,
+}
+
+/// A topic's identity and configuration.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct TopicRecord {
+    pub id: u32,
+    pub name: String,
+    pub config: TopicConfig,
+}
+
+/// A group's identity and mode.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct GroupMetaRecord {
+    pub topic: String,
+    pub group: String,
+    pub ordering: OrderingMode,
+}
+
+/// A group's durable position in one partition.
+///
+/// Every offset below `committed` is settled. Each entry describes an offset at or above
+/// `committed`: its delivery count so far, and whether it is settled (acked or dead-lettered).
+/// Offsets at or above `committed` without an entry have never been delivered.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct CursorRecord {
+    pub committed: u64,
+    /// `(offset - committed, attempts, settled)`, ascending by offset.
+    pub entries: Vec<(u64, u32, bool)>,
+}
+
+pub(crate) fn encode<T: Serialize>(kind: Kind, value: &T) -> Result<Vec<u8>> {
+    let out = vec![FORMAT_VERSION, kind as u8];
+    postcard::to_extend(value, out)
+        .map_err(|source| Error::Encode { type_name: std::any::type_name::<T>(), source })
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(
+    tree: &'static str,
+    key: &[u8],
+    kind: Kind,
+    bytes: &[u8],
+) -> Result<T> {
+    let corrupt = |reason: String| Error::Corrupt { tree, key: hex(key), reason };
+    match bytes {
+        [FORMAT_VERSION, found_kind, body @ ..] if *found_kind == kind as u8 => {
+            postcard::from_bytes(body).map_err(|e| corrupt(format!("undecodable {kind:?}: {e}")))
+        }
+        [FORMAT_VERSION, found_kind, ..] => {
+            Err(corrupt(format!("expected record kind {kind:?}, found kind byte {found_kind}")))
+        }
+        [version, ..] => Err(corrupt(format!(
+            "record format version {version}, this build reads version {FORMAT_VERSION}"
+        ))),
+        [] => Err(corrupt("empty value".into())),
+    }
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,370 @@
+//! Every sled call the broker makes.
+//!
+//! Trees, all under the reserved prefix `__aqueduct`:
+//! - `__aqueduct.meta`: the format record, topic records and group records.
+//! - `__aqueduct.log`: message blocks keyed by topic id, partition and base offset.
+//! - `__aqueduct.groups`: cursor records keyed by topic id, partition and group name.
+//!
+//! Keys are big-endian so that sled's byte order is numeric order. `docs/FORMAT.md` describes
+//! the layout. After a failed write or flush the store is poisoned: every later write returns
+//! [`Error::Poisoned`] instead of building on state that may not be on disk.
+
+use std::fs::File;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+
+use crate::error::{Error, Result};
+use crate::record::{self, CursorRecord, GroupMetaRecord, Kind, TopicRecord, FORMAT_VERSION};
+
+/// Prefix of every tree the broker owns; application trees may not use it.
+pub const RESERVED_PREFIX: &str = "__aqueduct";
+
+const META_TREE: &str = "__aqueduct.meta";
+const LOG_TREE: &str = "__aqueduct.log";
+const GROUPS_TREE: &str = "__aqueduct.groups";
+
+const FORMAT_KEY: &[u8] = b"format";
+const TOPIC_PREFIX: &[u8] = b"topic/";
+const GROUP_PREFIX: &[u8] = b"group/";
+
+#[derive(Debug, Serialize, Deserialize)]
+struct FormatRecord {
+    version: u32,
+}
+
+/// The sled database and the broker's trees.
+pub(crate) struct Storage {
+    db: sled::Db,
+    meta: sled::Tree,
+    log: sled::Tree,
+    groups: sled::Tree,
+    /// The database file, kept open to fsync it after sled's flush.
+    db_file: Option<File>,
+    path: Option<PathBuf>,
+    poisoned: Mutex<Option<String>>,
+    /// Set by every write, cleared by `flush_durable`.
+    unsynced: AtomicBool,
+}
+
+impl Storage {
+    /// Opens or creates the database at `path`.
+    pub fn open(path: &Path, cache_bytes: u64) -> Result<Self> {
+        let config = sled::Config::new().path(path).cache_capacity(cache_bytes).flush_every_ms(None);
+        let db = open_guarded(path, &config)?;
+        let db_path = path.join("db");
+        let db_file = File::open(&db_path).map_err(|source| Error::Io { path: db_path, source })?;
+        Self::from_db(db, Some(db_file), Some(path.to_path_buf()))
+    }
+
+    /// Creates a database in a temporary directory that sled removes on drop.
+    pub fn temporary(cache_bytes: u64) -> Result<Self> {
+        let config = sled::Config::new().temporary(true).cache_capacity(cache_bytes);
+        let db = config.open()?;
+        Self::from_db(db, None, None)
+    }
+
+    fn from_db(db: sled::Db, db_file: Option<File>, path: Option<PathBuf>) -> Result<Self> {
+        let storage = Storage {
+            meta: db.open_tree(META_TREE)?,
+            log: db.open_tree(LOG_TREE)?,
+            groups: db.open_tree(GROUPS_TREE)?,
+            db,
+            db_file,
+            path,
+            poisoned: Mutex::new(None),
+            unsynced: AtomicBool::new(false),
+        };
+        storage.check_format()?;
+        Ok(storage)
+    }
+
+    fn check_format(&self) -> Result<()> {
+        match self.meta.get(FORMAT_KEY)? {
+            Some(bytes) => {
+                let found: FormatRecord =
+                    record::decode(META_TREE, FORMAT_KEY, Kind::Format, &bytes)?;
+                if found.version != u32::from(FORMAT_VERSION) {
+                    return Err(Error::IncompatibleFormat {
+                        path: self.path.clone().unwrap_or_default(),
+                        found: found.version,
+                        supported: u32::from(FORMAT_VERSION),
+                    });
+                }
+                Ok(())
+            }
+            None => {
+                let value = FormatRecord { version: u32::from(FORMAT_VERSION) };
+                let bytes = record::encode(Kind::Format, &value)?;
+                self.meta.insert(FORMAT_KEY, bytes)?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Opens an application tree, rejecting names under the reserved prefix.
+    pub fn app_tree(&self, name: &str) -> Result<sled::Tree> {
+        if name.starts_with(RESERVED_PREFIX) {
+            return Err(Error::ReservedTreeName { name: name.to_string(), prefix: RESERVED_PREFIX });
+        }
+        Ok(self.db.open_tree(name)?)
+    }
+
+    /// Returns the database directory, or `None` for a temporary database.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    pub fn load_topics(&self) -> Result<Vec<TopicRecord>> {
+        let mut topics = Vec::new();
+        for item in self.meta.scan_prefix(TOPIC_PREFIX) {
+            let (key, value) = item?;
+            topics.push(record::decode(META_TREE, &key, Kind::Topic, &value)?);
+        }
+        Ok(topics)
+    }
+
+    pub fn put_topic(&self, topic: &TopicRecord) -> Result<()> {
+        self.check_writable()?;
+        let key = [TOPIC_PREFIX, topic.name.as_bytes()].concat();
+        let bytes = record::encode(Kind::Topic, topic)?;
+        let result = self.meta.insert(key, bytes).map(drop);
+        self.guard(result)
+    }
+
+    pub fn load_group_meta(&self, topic_id: u32, group: &str) -> Result<Option<GroupMetaRecord>> {
+        let key = group_meta_key(topic_id, group);
+        match self.meta.get(&key)? {
+            Some(bytes) => Ok(Some(record::decode(META_TREE, &key, Kind::GroupMeta, &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn put_group_meta(&self, topic_id: u32, meta: &GroupMetaRecord) -> Result<()> {
+        self.check_writable()?;
+        let bytes = record::encode(Kind::GroupMeta, meta)?;
+        let result = self.meta.insert(group_meta_key(topic_id, &meta.group), bytes).map(drop);
+        self.guard(result)
+    }
+
+    /// Writes an encoded block whose first message has offset `base`.
+    pub fn put_block(&self, topic_id: u32, partition: u32, base: u64, block: Vec<u8>) -> Result<()> {
+        self.check_writable()?;
+        let result = self.log.insert(block_key(topic_id, partition, base), block).map(drop);
+        self.guard(result)
+    }
+
+    /// Returns the base offset and raw bytes of the block that contains `offset`, if stored.
+    pub fn block_containing(
+        &self,
+        topic_id: u32,
+        partition: u32,
+        offset: u64,
+    ) -> Result<Option<(u64, sled::IVec)>> {
+        let start = block_key(topic_id, partition, 0);
+        let end = block_key(topic_id, partition, offset);
+        match self.log.range(start..=end).next_back() {
+            Some(item) => {
+                let (key, value) = item?;
+                Ok(Some((block_base(&key)?, value)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Returns the base offset and raw bytes of a partition's last block, if any.
+    pub fn last_block(&self, topic_id: u32, partition: u32) -> Result<Option<(u64, sled::IVec)>> {
+        self.block_containing(topic_id, partition, u64::MAX)
+    }
+
+    pub fn load_cursor(
+        &self,
+        topic_id: u32,
+        partition: u32,
+        group: &str,
+    ) -> Result<Option<CursorRecord>> {
+        let key = cursor_key(topic_id, partition, group);
+        match self.groups.get(&key)? {
+            Some(bytes) => Ok(Some(record::decode(GROUPS_TREE, &key, Kind::GroupCursor, &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn put_cursor(
+        &self,
+        topic_id: u32,
+        partition: u32,
+        group: &str,
+        cursor: &CursorRecord,
+    ) -> Result<()> {
+        self.check_writable()?;
+        let bytes = record::encode(Kind::GroupCursor, cursor)?;
+        let result = self.groups.insert(cursor_key(topic_id, partition, group), bytes).map(drop);
+        self.guard(result)
+    }
+
+    /// Writes a dead-letter block and the source group's cursor in one sled transaction, so the
+    /// message is either in the dead-letter topic and settled in its group, or neither.
+    pub fn put_dead_letter(&self, block: BlockWrite, cursor: CursorWrite<'_>) -> Result<()> {
+        self.check_writable()?;
+        let block_key = block_key(block.topic_id, block.partition, block.base);
+        let cursor_key = cursor_key(cursor.topic_id, cursor.partition, cursor.group);
+        let cursor_bytes = record::encode(Kind::GroupCursor, cursor.record)?;
+        let result = (&self.log, &self.groups).transaction(|(log, groups)| {
+            log.insert(block_key.as_slice(), block.bytes.as_slice())?;
+            groups.insert(cursor_key.as_slice(), cursor_bytes.as_slice())?;
+            Ok::<(), ConflictableTransactionError<()>>(())
+        });
+        let result = result.map_err(|error| match error {
+            TransactionError::Storage(error) => error,
+            TransactionError::Abort(()) => {
+                sled::Error::Unsupported("dead-letter transaction aborted".into())
+            }
+        });
+        self.guard(result)
+    }
+
+    /// Writes sled's buffers to the file and fsyncs it.
+    ///
+    /// sled 0.34's `flush` writes with `pwrite` and then calls `sync_file_range`, which starts
+    /// and waits for writeback of the data pages but neither flushes the drive's write cache nor
+    /// persists file metadata. The `fdatasync` that follows does both. Returns `false` when
+    /// nothing was written since the last call.
+    pub fn flush_durable(&self) -> Result<bool> {
+        self.check_writable()?;
+        if !self.unsynced.swap(false, Ordering::SeqCst) {
+            return Ok(false);
+        }
+        if let Err(error) = self.db.flush() {
+            self.poison(error.to_string());
+            return Err(Error::Storage(error));
+        }
+        if let Some(file) = &self.db_file {
+            if let Err(source) = file.sync_data() {
+                let path = self.path.clone().unwrap_or_default().join("db");
+                self.poison(format!("fsync of {} failed: {source}", path.display()));
+                return Err(Error::Io { path, source });
+            }
+        }
+        Ok(true)
+    }
+
+    /// Returns `Poisoned` once any write has failed.
+    pub fn check_writable(&self) -> Result<()> {
+        match &*self.poisoned.lock() {
+            Some(cause) => Err(Error::Poisoned { cause: cause.clone() }),
+            None => Ok(()),
+        }
+    }
+
+    fn guard<T>(&self, result: sled::Result<T>) -> Result<T> {
+        self.unsynced.store(true, Ordering::SeqCst);
+        result.map_err(|error| {
+            self.poison(error.to_string());
+            Error::Storage(error)
+        })
+    }
+
+    fn poison(&self, cause: String) {
+        let mut poisoned = self.poisoned.lock();
+        if poisoned.is_none() {
+            tracing::error!(%cause, "storage write failed; rejecting further writes");
+            *poisoned = Some(cause);
+        }
+    }
+}
+
+/// A dead-letter block to write.
+pub(crate) struct BlockWrite {
+    pub topic_id: u32,
+    pub partition: u32,
+    pub base: u64,
+    pub bytes: Vec<u8>,
+}
+
+/// A cursor record to write with a dead-letter block.
+pub(crate) struct CursorWrite<'a> {
+    pub topic_id: u32,
+    pub partition: u32,
+    pub group: &'a str,
+    pub record: &'a CursorRecord,
+}
+
+/// Opens sled, turning a held lock into [`Error::Locked`] and a panic inside sled (which sled
+/// 0.34 raises on some corrupt files) into [`Error::Corrupt`].
+fn open_guarded(path: &Path, config: &sled::Config) -> Result<sled::Db> {
+    std::fs::create_dir_all(path)
+        .map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+    let outcome = catch_unwind(AssertUnwindSafe(|| config.open()));
+    match outcome {
+        Ok(Ok(db)) => Ok(db),
+        Ok(Err(sled::Error::Io(error))) if is_lock_error(&error) => {
+            Err(Error::Locked { path: path.to_path_buf() })
+        }
+        Ok(Err(sled::Error::Io(source))) => Err(Error::Io { path: path.to_path_buf(), source }),
+        Ok(Err(sled::Error::Corruption { .. })) => Err(Error::Corrupt {
+            tree: "sled",
+            key: String::new(),
+            reason: format!("sled reported corruption in {}", path.display()),
+        }),
+        Ok(Err(error)) => Err(Error::Storage(error)),
+        Err(panic) => Err(Error::Corrupt {
+            tree: "sled",
+            key: String::new(),
+            reason: format!(
+                "sled panicked while opening {}: {}",
+                path.display(),
+                panic_message(panic.as_ref())
+            ),
+        }),
+    }
+}
+
+fn is_lock_error(error: &std::io::Error) -> bool {
+    error.kind() == std::io::ErrorKind::WouldBlock || error.to_string().contains("lock")
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(text) = panic.downcast_ref::<&str>() {
+        (*text).to_string()
+    } else if let Some(text) = panic.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "unknown panic payload".to_string()
+    }
+}
+
+fn block_key(topic_id: u32, partition: u32, base: u64) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    key[..4].copy_from_slice(&topic_id.to_be_bytes());
+    key[4..8].copy_from_slice(&partition.to_be_bytes());
+    key[8..].copy_from_slice(&base.to_be_bytes());
+    key
+}
+
+fn block_base(key: &[u8]) -> Result<u64> {
+    let tail: [u8; 8] = key.get(8..16).and_then(|s| s.try_into().ok()).ok_or_else(|| {
+        Error::Corrupt {
+            tree: LOG_TREE,
+            key: record::hex(key),
+            reason: "block key is not 16 bytes".into(),
+        }
+    })?;
+    Ok(u64::from_be_bytes(tail))
+}
+
+fn cursor_key(topic_id: u32, partition: u32, group: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(8 + group.len());
+    key.extend_from_slice(&topic_id.to_be_bytes());
+    key.extend_from_slice(&partition.to_be_bytes());
+    key.extend_from_slice(group.as_bytes());
+    key
+}
+
+fn group_meta_key(topic_id: u32, group: &str) -> Vec<u8> {
+    [GROUP_PREFIX, &topic_id.to_be_bytes(), group.as_bytes()].concat()
+}
