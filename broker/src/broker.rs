@@ -189,13 +189,31 @@ impl Broker {
             }
         }
 
-        let id = shared.topics.read().values().map(|topic| topic.id + 1).max().unwrap_or(0);
-        let record = TopicRecord { id, name: name.to_string(), config: config.clone() };
+        let id = shared
+            .topics
+            .read()
+            .values()
+            .map(|topic| topic.id + 1)
+            .max()
+            .unwrap_or(0);
+        let record = TopicRecord {
+            id,
+            name: name.to_string(),
+            config: config.clone(),
+        };
         shared.storage.put_topic(&record)?;
         let storage = Arc::clone(&shared.storage);
-        let topic =
-            TopicLog::load(storage, id, name.to_string(), config, shared.config.block_bytes)?;
-        shared.topics.write().insert(name.to_string(), Arc::new(topic));
+        let topic = TopicLog::load(
+            storage,
+            id,
+            name.to_string(),
+            config,
+            shared.config.block_bytes,
+        )?;
+        shared
+            .topics
+            .write()
+            .insert(name.to_string(), Arc::new(topic));
         tracing::debug!(topic = name, id, "topic created");
         Ok(())
     }
@@ -203,8 +221,10 @@ impl Broker {
     /// Returns every topic with its configuration, sorted by name.
     pub fn topics(&self) -> Vec<(String, TopicConfig)> {
         let topics = self.inner.shared.topics.read();
-        let mut list: Vec<_> =
-            topics.values().map(|topic| (topic.name.clone(), topic.config.clone())).collect();
+        let mut list: Vec<_> = topics
+            .values()
+            .map(|topic| (topic.name.clone(), topic.config.clone()))
+            .collect();
         list.sort_by(|a, b| a.0.cmp(&b.0));
         list
     }
@@ -280,7 +300,13 @@ impl Broker {
             count += 1;
         }
 
-        let mut receipts = vec![Receipt { partition: 0, offset: 0 }; count];
+        let mut receipts = vec![
+            Receipt {
+                partition: 0,
+                offset: 0
+            };
+            count
+        ];
         for (partition, batch) in per_partition.into_iter().enumerate() {
             if batch.is_empty() {
                 continue;
@@ -323,7 +349,10 @@ impl Broker {
     ) -> Result<Consumer> {
         validate_name("group", group)?;
         config.validate()?;
-        let group = self.inner.shared.group(topic, group, &config, &self.inner.flusher)?;
+        let group = self
+            .inner
+            .shared
+            .group(topic, group, &config, &self.inner.flusher)?;
         let id = NEXT_CONSUMER_ID.fetch_add(1, Ordering::Relaxed);
         Ok(Consumer::new(self.clone(), group, id, config))
     }
@@ -345,7 +374,9 @@ impl Broker {
         let mut consumer = self.subscribe(dead_letter_topic, group)?;
         let mut replayed = 0;
         while replayed < max {
-            let Some(delivery) = consumer.try_recv()? else { break };
+            let Some(delivery) = consumer.try_recv()? else {
+                break;
+            };
             let Some(info) = delivery.dead_letter_info().cloned() else {
                 tracing::warn!(
                     topic = dead_letter_topic,
@@ -358,8 +389,10 @@ impl Broker {
             let mut message = Message::new(delivery.payload().to_vec());
             message.key = delivery.key().map(<[u8]>::to_vec);
             message.id = delivery.id().map(str::to_string);
-            message.headers =
-                delivery.headers().map(|(name, value)| (name.to_string(), value.to_vec())).collect();
+            message.headers = delivery
+                .headers()
+                .map(|(name, value)| (name.to_string(), value.to_vec()))
+                .collect();
             self.publish(&info.source_topic, message)?;
             delivery.ack()?;
             replayed += 1;
@@ -398,7 +431,9 @@ impl Broker {
     /// live consumer in this process, or `None`.
     pub fn group_positions(&self, topic: &str, group: &str) -> Option<Vec<(u64, usize)>> {
         let groups = self.inner.shared.groups.lock();
-        groups.get(&(topic.to_string(), group.to_string())).map(|group| group.positions())
+        groups
+            .get(&(topic.to_string(), group.to_string()))
+            .map(|group| group.positions())
     }
 
     /// The database directory, or `None` for a temporary broker.
@@ -434,7 +469,9 @@ impl Shared {
             .read()
             .get(name)
             .cloned()
-            .ok_or_else(|| Error::TopicNotFound { topic: name.to_string() })
+            .ok_or_else(|| Error::TopicNotFound {
+                topic: name.to_string(),
+            })
     }
 
     fn validate_message(&self, topic: &str, message: &Message) -> Result<()> {

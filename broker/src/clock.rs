@@ -27,7 +27,9 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now_ms(&self) -> u64 {
-        let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let since_epoch = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
         u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX)
     }
 }
@@ -53,7 +55,10 @@ pub struct ManualClock {
 impl ManualClock {
     /// Creates a clock that reads `start_ms` until advanced.
     pub fn new(start_ms: u64) -> Arc<Self> {
-        Arc::new(ManualClock { now: AtomicU64::new(start_ms), wakers: Mutex::new(Vec::new()) })
+        Arc::new(ManualClock {
+            now: AtomicU64::new(start_ms),
+            wakers: Mutex::new(Vec::new()),
+        })
     }
 
     /// Moves the clock forward and wakes every broker that uses it.
@@ -73,7 +78,9 @@ impl ManualClock {
 
 impl std::fmt::Debug for ManualClock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ManualClock").field("now_ms", &self.now_ms()).finish()
+        f.debug_struct("ManualClock")
+            .field("now_ms", &self.now_ms())
+            .finish()
     }
 }
 

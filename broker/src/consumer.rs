@@ -24,6 +24,9 @@ use crate::record::StoredMessage;
 /// Longest single sleep of a waiting consumer, so that a lost wake-up costs at most this.
 const MAX_WAIT: Duration = Duration::from_millis(500);
 
+/// Size of a new consumer's first fetch.
+const INITIAL_BATCH: usize = 16;
+
 /// One member of a consumer group.
 ///
 /// # Examples
@@ -47,18 +50,32 @@ pub struct Consumer {
     group: Arc<Group>,
     id: u64,
     config: ConsumerConfig,
+    /// Deliveries whose attempt counts are durable, ready to hand out.
     buffer: VecDeque<Leased>,
     /// Clock time of the fetch that filled the buffer.
     fetched_at_ms: u64,
     generation: u64,
-    /// Whether the buffer's attempt counts still await a flush round.
-    unsynced: bool,
+    /// The next batch, fetched while the buffer drains, whose flush round may still run.
+    ahead: Option<Batch>,
+    /// Size of the next fetch. It starts small and doubles, up to `prefetch`, each time the
+    /// buffer ran dry before the next batch's flush round finished, so a fast consumer
+    /// amortizes one fsync over more deliveries while a slow one holds few leases.
+    batch_size: usize,
     _broker: Broker,
+}
+
+/// A fetched batch waiting for the flush round that makes its attempt counts durable.
+struct Batch {
+    leased: Vec<Leased>,
+    ticket: u64,
+    fetched_at_ms: u64,
+    generation: u64,
 }
 
 impl Consumer {
     pub(crate) fn new(broker: Broker, group: Arc<Group>, id: u64, config: ConsumerConfig) -> Self {
         let generation = group.join(id, config.max_unacked);
+        let batch_size = INITIAL_BATCH.min(config.prefetch);
         Consumer {
             group,
             id,
@@ -66,7 +83,8 @@ impl Consumer {
             buffer: VecDeque::new(),
             fetched_at_ms: 0,
             generation,
-            unsynced: false,
+            ahead: None,
+            batch_size,
             _broker: broker,
         }
     }
@@ -90,7 +108,7 @@ impl Consumer {
         if let Some(delivery) = self.next_buffered()? {
             return Ok(Some(delivery));
         }
-        self.fill()?;
+        self.fetch_ahead()?;
         self.next_buffered()
     }
 
@@ -106,8 +124,8 @@ impl Consumer {
                 return Ok(Some(delivery));
             }
             let seen = self.group.topic.signal.seq();
-            let next_due = self.fill()?;
-            if !self.buffer.is_empty() {
+            let next_due = self.fetch_ahead()?;
+            if self.ahead.is_some() {
                 continue;
             }
             let now = Instant::now();
@@ -143,7 +161,9 @@ impl Consumer {
         if max == 0 {
             return Ok(batch);
         }
-        let Some(first) = self.recv_timeout(timeout)? else { return Ok(batch) };
+        let Some(first) = self.recv_timeout(timeout)? else {
+            return Ok(batch);
+        };
         batch.push(first);
         while batch.len() < max {
             match self.try_recv()? {
@@ -164,9 +184,10 @@ impl Consumer {
     /// Storage failures and [`Error::Closed`].
     pub async fn recv_async(&mut self) -> Result<Delivery> {
         loop {
-            if self.unsynced {
-                self.group.flusher.sync_async().await?;
-                self.unsynced = false;
+            if self.buffer.is_empty() {
+                if let Some(batch) = &self.ahead {
+                    self.group.flusher.wait_async(batch.ticket).await?;
+                }
             }
             if let Some(delivery) = self.next_buffered()? {
                 return Ok(delivery);
@@ -175,8 +196,8 @@ impl Consumer {
             let notified = signal.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let next_due = self.fetch_into_buffer()?;
-            if !self.buffer.is_empty() {
+            let next_due = self.fetch_ahead()?;
+            if self.ahead.is_some() {
                 continue;
             }
             let wait = self.wait_time(MAX_WAIT, next_due);
@@ -204,50 +225,81 @@ impl Consumer {
         wait
     }
 
-    /// Fetches into the buffer and waits for the attempt counts to be durable.
-    fn fill(&mut self) -> Result<Option<u64>> {
-        let next_due = self.fetch_into_buffer()?;
-        if self.unsynced {
-            self.group.flusher.sync()?;
-            self.unsynced = false;
+    /// Fetches the next batch unless one is already waiting, and requests the flush round
+    /// that makes its attempt counts durable without waiting for it. Returns when the next
+    /// held-back message becomes due.
+    fn fetch_ahead(&mut self) -> Result<Option<u64>> {
+        if self.ahead.is_some() {
+            return Ok(None);
         }
-        Ok(next_due)
-    }
-
-    fn fetch_into_buffer(&mut self) -> Result<Option<u64>> {
-        let fetched = self.group.fetch(self.id, self.config.prefetch)?;
+        let fetched = self.group.fetch(self.id, self.batch_size)?;
         if !fetched.leased.is_empty() {
-            self.buffer.extend(fetched.leased);
-            self.fetched_at_ms = self.group.clock.now_ms();
-            self.generation = fetched.generation;
-            self.unsynced = true;
+            self.ahead = Some(Batch {
+                leased: fetched.leased,
+                ticket: self.group.flusher.request(),
+                fetched_at_ms: self.group.clock.now_ms(),
+                generation: fetched.generation,
+            });
         }
         Ok(fetched.next_due_ms)
     }
 
-    /// Pops the next buffered delivery. A buffer that is older than half the ack timeout, or
-    /// from before a rebalance, is returned to the group first, because its leases may be gone.
+    /// Pops the next delivery, moving the batch fetched ahead into the buffer once its flush
+    /// round is done, and fetching the batch after it when the buffer runs low. Leases older
+    /// than half the ack timeout, or from before a rebalance, are returned to the group instead,
+    /// because they may already be gone.
     fn next_buffered(&mut self) -> Result<Option<Delivery>> {
+        self.drop_stale();
         if self.buffer.is_empty() {
-            return Ok(None);
+            let Some(batch) = self.ahead.take() else {
+                return Ok(None);
+            };
+            if !self.group.flusher.is_done(batch.ticket) {
+                self.batch_size = (self.batch_size * 2).min(self.config.prefetch);
+            }
+            if let Err(error) = self.group.flusher.wait(batch.ticket) {
+                self.group.release_unhanded(&batch.leased);
+                return Err(error);
+            }
+            self.buffer.extend(batch.leased);
+            self.fetched_at_ms = batch.fetched_at_ms;
+            self.generation = batch.generation;
         }
-        let age = self.group.clock.now_ms().saturating_sub(self.fetched_at_ms);
-        let stale = age > self.group.topic.config.ack_timeout_ms / 2
-            || self.generation != self.group.generation();
-        if stale {
-            self.return_buffer();
-            return Ok(None);
+        if self.buffer.len() <= self.batch_size / 2 {
+            self.fetch_ahead()?;
         }
-        if self.unsynced {
-            self.group.flusher.sync()?;
-            self.unsynced = false;
+        Ok(self
+            .buffer
+            .pop_front()
+            .map(|leased| Delivery::new(Arc::clone(&self.group), leased)))
+    }
+
+    fn drop_stale(&mut self) {
+        let now = self.group.clock.now_ms();
+        let max_age = self.group.topic.config.ack_timeout_ms / 2;
+        let generation = self.group.generation();
+        if !self.buffer.is_empty()
+            && (now.saturating_sub(self.fetched_at_ms) > max_age || self.generation != generation)
+        {
+            let stale: Vec<Leased> = self.buffer.drain(..).collect();
+            self.group.release_unhanded(&stale);
         }
-        Ok(self.buffer.pop_front().map(|leased| Delivery::new(Arc::clone(&self.group), leased)))
+        let ahead_stale = self.ahead.as_ref().is_some_and(|batch| {
+            now.saturating_sub(batch.fetched_at_ms) > max_age || batch.generation != generation
+        });
+        if ahead_stale {
+            if let Some(batch) = self.ahead.take() {
+                self.group.release_unhanded(&batch.leased);
+            }
+        }
     }
 
     fn return_buffer(&mut self) {
-        let buffered: Vec<Leased> = self.buffer.drain(..).collect();
-        self.group.release_unhanded(&buffered);
+        let mut unhanded: Vec<Leased> = self.buffer.drain(..).collect();
+        if let Some(batch) = self.ahead.take() {
+            unhanded.extend(batch.leased);
+        }
+        self.group.release_unhanded(&unhanded);
     }
 }
 
@@ -265,6 +317,10 @@ impl std::fmt::Debug for Consumer {
             .field("group", &self.group.name)
             .field("id", &self.id)
             .field("buffered", &self.buffer.len())
+            .field(
+                "fetched_ahead",
+                &self.ahead.as_ref().map_or(0, |batch| batch.leased.len()),
+            )
             .finish()
     }
 }
@@ -321,12 +377,17 @@ impl Delivery {
 
     /// The headers in publish order.
     pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> {
-        self.message.headers.iter().map(|(name, value)| (name.as_str(), &value[..]))
+        self.message
+            .headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), &value[..]))
     }
 
     /// The value of the first header called `name`.
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers().find(|(header, _)| *header == name).map(|(_, value)| value)
+        self.headers()
+            .find(|(header, _)| *header == name)
+            .map(|(_, value)| value)
     }
 
     /// The message id, if any.
@@ -372,7 +433,8 @@ impl Delivery {
     /// consumer; storage failures.
     pub fn ack(mut self) -> Result<()> {
         self.settled = true;
-        self.group.settle(self.partition, self.offset, self.epoch, Outcome::Ack)
+        self.group
+            .settle(self.partition, self.offset, self.epoch, Outcome::Ack)
     }
 
     /// Returns the message for redelivery now. At the topic's delivery limit the message is
@@ -394,7 +456,12 @@ impl Delivery {
     pub fn nack_after(mut self, delay: Duration) -> Result<()> {
         self.settled = true;
         let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
-        self.group.settle(self.partition, self.offset, self.epoch, Outcome::Nack { delay_ms })
+        self.group.settle(
+            self.partition,
+            self.offset,
+            self.epoch,
+            Outcome::Nack { delay_ms },
+        )
     }
 
     /// Moves the message to the topic's dead-letter topic now, with `reason` as its last error.
@@ -405,8 +472,11 @@ impl Delivery {
     /// its ack timeout); otherwise as for [`ack`](Self::ack).
     pub fn dead_letter(mut self, reason: impl Into<String>) -> Result<()> {
         self.settled = true;
-        let outcome = Outcome::DeadLetter { reason: reason.into() };
-        self.group.settle(self.partition, self.offset, self.epoch, outcome)
+        let outcome = Outcome::DeadLetter {
+            reason: reason.into(),
+        };
+        self.group
+            .settle(self.partition, self.offset, self.epoch, outcome)
     }
 
     /// Renews the lease for another ack timeout, for handlers that need longer.
@@ -432,7 +502,10 @@ impl Drop for Delivery {
             "delivery dropped unsettled; returning it for redelivery"
         );
         let outcome = Outcome::Nack { delay_ms: 0 };
-        if let Err(error) = self.group.settle(self.partition, self.offset, self.epoch, outcome) {
+        if let Err(error) = self
+            .group
+            .settle(self.partition, self.offset, self.epoch, outcome)
+        {
             tracing::debug!(%error, "dropped delivery was no longer leased");
         }
     }

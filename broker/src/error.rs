@@ -198,9 +198,7 @@ pub enum Error {
     },
 
     /// Another handle, in this or another process, holds the database open.
-    #[error(
-        "database at {path} is locked by another process or handle; close that broker first"
-    )]
+    #[error("database at {path} is locked by another process or handle; close that broker first")]
     Locked {
         /// The database directory.
         path: PathBuf,

@@ -52,7 +52,10 @@ impl Flusher {
         let handle = std::thread::Builder::new()
             .name("aqueduct-flusher".into())
             .spawn(move || worker.run(interval, round))
-            .map_err(|source| Error::Io { path: "aqueduct-flusher thread".into(), source })?;
+            .map_err(|source| Error::Io {
+                path: "aqueduct-flusher thread".into(),
+                source,
+            })?;
         Ok((flusher, handle))
     }
 
@@ -70,7 +73,9 @@ impl Flusher {
         let mut state = self.state.lock();
         loop {
             if let Some(cause) = &state.failure {
-                return Err(Error::Poisoned { cause: cause.clone() });
+                return Err(Error::Poisoned {
+                    cause: cause.clone(),
+                });
             }
             if state.completed >= ticket {
                 return Ok(());
@@ -82,24 +87,32 @@ impl Flusher {
         }
     }
 
+    /// Returns whether a completed round covers `ticket`.
+    pub fn is_done(&self, ticket: u64) -> bool {
+        self.state.lock().completed >= ticket
+    }
+
     /// Requests a round and blocks until it completes.
     pub fn sync(&self) -> Result<()> {
         let ticket = self.request();
         self.wait(ticket)
     }
 
-    /// Requests a round and waits for it without blocking the async runtime.
-    pub async fn sync_async(&self) -> Result<()> {
-        let ticket = self.request();
+    /// Waits for a round that covers `ticket` without blocking the async runtime.
+    pub async fn wait_async(&self, ticket: u64) -> Result<()> {
         let mut completed = self.completed_tx.subscribe();
-        let covered = match completed.wait_for(|(done, stopped)| *done >= ticket || *stopped).await
+        let covered = match completed
+            .wait_for(|(done, stopped)| *done >= ticket || *stopped)
+            .await
         {
             Ok(value) => value.0 >= ticket,
             Err(_) => false,
         };
         drop(completed);
         match (&self.state.lock().failure, covered) {
-            (Some(cause), _) => Err(Error::Poisoned { cause: cause.clone() }),
+            (Some(cause), _) => Err(Error::Poisoned {
+                cause: cause.clone(),
+            }),
             (None, true) => Ok(()),
             (None, false) => Err(Error::Closed),
         }

@@ -137,10 +137,16 @@ impl Group {
         let mut partitions = Vec::new();
         let mut restored = 0usize;
         for partition in 0..parts.topic.partition_count() {
-            let record = parts.storage.load_cursor(parts.topic.id, partition, &parts.name)?;
+            let record = parts
+                .storage
+                .load_cursor(parts.topic.id, partition, &parts.name)?;
             let track_keys = parts.ordering == OrderingMode::PerKey;
             let cursor = PartitionCursor::restore(record.unwrap_or_default(), track_keys);
-            restored += cursor.recovered.values().filter(|(_, settled)| !settled).count();
+            restored += cursor
+                .recovered
+                .values()
+                .filter(|(_, settled)| !settled)
+                .count();
             partitions.push(cursor);
         }
         if restored > 0 {
@@ -231,7 +237,11 @@ impl Group {
         let partition_count = state.partitions.len();
         let start = state.rotation % partition_count;
         state.rotation = state.rotation.wrapping_add(1);
-        let mut fetched = Fetched { leased: Vec::new(), next_due_ms: None, generation: 0 };
+        let mut fetched = Fetched {
+            leased: Vec::new(),
+            next_due_ms: None,
+            generation: 0,
+        };
         fetched.generation = state.generation;
 
         for step in 0..partition_count {
@@ -267,7 +277,8 @@ impl Group {
         let max_unacked = state.max_unacked;
         state.partitions[partition].fill(&self.topic, partition as u32, max_unacked)?;
 
-        let candidates = self.candidates(&state.partitions[partition], now, fetched);
+        let wanted = max.saturating_sub(fetched.leased.len());
+        let candidates = self.candidates(&state.partitions[partition], now, wanted, fetched);
         let ack_timeout = self.topic.config.ack_timeout_ms;
         for offset in candidates {
             if fetched.leased.len() >= max {
@@ -285,7 +296,9 @@ impl Group {
             let cursor = &mut state.partitions[partition];
             cursor.ready.remove(&offset);
             cursor.dirty = true;
-            let Some(slot) = cursor.window.get_mut(&offset) else { continue };
+            let Some(slot) = cursor.window.get_mut(&offset) else {
+                continue;
+            };
             slot.attempts += 1;
             slot.epoch = epoch;
             slot.lease = Some(Lease { consumer, deadline });
@@ -306,7 +319,12 @@ impl Group {
                 attempt: slot.attempts,
                 epoch,
             });
-            let entry = LeaseEntry { deadline, partition: partition as u32, offset, epoch };
+            let entry = LeaseEntry {
+                deadline,
+                partition: partition as u32,
+                offset,
+                epoch,
+            };
             state.leases.push(Reverse(entry));
         }
         Ok(())
@@ -314,12 +332,23 @@ impl Group {
 
     /// Lists the ready offsets of a partition that the group's ordering mode allows now, in
     /// offset order, and records when the next held-back one becomes due.
-    fn candidates(&self, cursor: &PartitionCursor, now: u64, fetched: &mut Fetched) -> Vec<u64> {
+    fn candidates(
+        &self,
+        cursor: &PartitionCursor,
+        now: u64,
+        wanted: usize,
+        fetched: &mut Fetched,
+    ) -> Vec<u64> {
         let mut candidates = Vec::new();
         for &offset in &cursor.ready {
+            if candidates.len() >= wanted {
+                break;
+            }
             let slot = &cursor.window[&offset];
             if slot.not_before > now {
-                let due = fetched.next_due_ms.map_or(slot.not_before, |d| d.min(slot.not_before));
+                let due = fetched
+                    .next_due_ms
+                    .map_or(slot.not_before, |d| d.min(slot.not_before));
                 fetched.next_due_ms = Some(due);
                 if self.ordering == OrderingMode::PerPartition {
                     break;
@@ -340,7 +369,10 @@ impl Group {
     }
 
     fn limit_reached(&self, attempts: u32) -> bool {
-        self.topic.config.max_deliveries.is_some_and(|max| attempts >= max)
+        self.topic
+            .config
+            .max_deliveries
+            .is_some_and(|max| attempts >= max)
     }
 
     /// Makes expired leases ready again, or dead-letters them at the delivery limit.
@@ -352,9 +384,13 @@ impl Group {
             state.leases.pop();
             let partition = entry.partition as usize;
             let cursor = &mut state.partitions[partition];
-            let Some(slot) = cursor.window.get_mut(&entry.offset) else { continue };
+            let Some(slot) = cursor.window.get_mut(&entry.offset) else {
+                continue;
+            };
             let current = slot.epoch == entry.epoch
-                && slot.lease.is_some_and(|lease| lease.deadline == entry.deadline);
+                && slot
+                    .lease
+                    .is_some_and(|lease| lease.deadline == entry.deadline);
             if !current {
                 continue;
             }
@@ -384,11 +420,17 @@ impl Group {
         let now = self.clock.now_ms();
         let mut state = self.state.lock();
         let index = partition as usize;
-        let slot = state.partitions.get(index).and_then(|cursor| cursor.window.get(&offset));
+        let slot = state
+            .partitions
+            .get(index)
+            .and_then(|cursor| cursor.window.get(&offset));
         let attempts = match slot {
             Some(slot) if !slot.settled && slot.epoch == epoch => slot.attempts,
             _ => return Err(self.lease_expired(partition, offset)),
         };
+        // An ack makes another message deliverable only by freeing its key or window room.
+        let mut wake = self.ordering == OrderingMode::PerKey
+            || state.partitions[index].window.len() >= state.max_unacked;
         match outcome {
             Outcome::Ack => {
                 state.partitions[index].settle(offset);
@@ -404,13 +446,16 @@ impl Group {
                     slot.not_before = now.saturating_add(delay_ms);
                 }
                 cursor.ready.insert(offset);
+                wake = true;
             }
             Outcome::DeadLetter { reason } => {
                 self.dead_letter_slot(&mut state, index, offset, reason)?;
             }
         }
         drop(state);
-        self.topic.signal.bump();
+        if wake {
+            self.topic.signal.bump();
+        }
         if self.durability == Durability::Flushed {
             self.flusher.sync()?;
         }
@@ -434,7 +479,12 @@ impl Group {
             }
             _ => return Err(self.lease_expired(partition, offset)),
         }
-        state.leases.push(Reverse(LeaseEntry { deadline, partition, offset, epoch }));
+        state.leases.push(Reverse(LeaseEntry {
+            deadline,
+            partition,
+            offset,
+            epoch,
+        }));
         Ok(())
     }
 
@@ -449,7 +499,9 @@ impl Group {
             let Some(cursor) = state.partitions.get_mut(leased.partition as usize) else {
                 continue;
             };
-            let Some(slot) = cursor.window.get_mut(&leased.offset) else { continue };
+            let Some(slot) = cursor.window.get_mut(&leased.offset) else {
+                continue;
+            };
             if slot.settled || slot.epoch != leased.epoch || slot.lease.is_none() {
                 continue;
             }
@@ -476,7 +528,8 @@ impl Group {
     fn write_cursor(&self, state: &mut GroupState, partition: usize) -> Result<()> {
         let cursor = &mut state.partitions[partition];
         let record = cursor.record();
-        self.storage.put_cursor(self.topic.id, partition as u32, &self.name, &record)?;
+        self.storage
+            .put_cursor(self.topic.id, partition as u32, &self.name, &record)?;
         cursor.dirty = false;
         Ok(())
     }
@@ -490,10 +543,14 @@ impl Group {
         reason: String,
     ) -> Result<()> {
         let Some(dead_letter) = &self.dead_letter else {
-            return Err(Error::NoDeadLetterTopic { topic: self.topic.name.clone() });
+            return Err(Error::NoDeadLetterTopic {
+                topic: self.topic.name.clone(),
+            });
         };
         let cursor = &mut state.partitions[partition];
-        let Some(slot) = cursor.window.get(&offset) else { return Ok(()) };
+        let Some(slot) = cursor.window.get(&offset) else {
+            return Ok(());
+        };
         let attempts = slot.attempts;
         let copy = StoredMessage {
             timestamp_ms: slot.message.timestamp_ms,
@@ -517,8 +574,12 @@ impl Group {
         cursor.settle(offset);
         let record = cursor.record();
         let receipt = dead_letter.append_with(target_partition, copy, |base, bytes| {
-            let block =
-                BlockWrite { topic_id: dead_letter.id, partition: target_partition, base, bytes };
+            let block = BlockWrite {
+                topic_id: dead_letter.id,
+                partition: target_partition,
+                base,
+                bytes,
+            };
             let cursor_write = CursorWrite {
                 topic_id: self.topic.id,
                 partition: partition as u32,
@@ -560,7 +621,11 @@ impl Group {
             .partitions
             .iter()
             .map(|cursor| {
-                let in_flight = cursor.window.values().filter(|slot| slot.lease.is_some()).count();
+                let in_flight = cursor
+                    .window
+                    .values()
+                    .filter(|slot| slot.lease.is_some())
+                    .count();
                 (cursor.committed, in_flight)
             })
             .collect()
@@ -595,7 +660,9 @@ impl PartitionCursor {
     fn fill(&mut self, topic: &TopicLog, partition: u32, max_unacked: usize) -> Result<()> {
         while self.window.len() < max_unacked {
             let run = match &self.run {
-                Some((base, run)) if self.loaded >= *base && self.loaded < base + run.len() as u64 => {
+                Some((base, run))
+                    if self.loaded >= *base && self.loaded < base + run.len() as u64 =>
+                {
                     (*base, Arc::clone(run))
                 }
                 _ => match topic.read(partition, self.loaded)? {
@@ -621,20 +688,33 @@ impl PartitionCursor {
         let offset = self.loaded;
         self.loaded += 1;
         let (attempts, settled) = self.recovered.remove(&offset).unwrap_or((0, false));
-        let key_hash = if self.track_keys { message.key.as_ref().map(|key| key_hash(key)) } else { None };
+        let key_hash = if self.track_keys {
+            message.key.as_ref().map(|key| key_hash(key))
+        } else {
+            None
+        };
         if !settled {
             self.ready.insert(offset);
             if let Some(hash) = key_hash {
                 self.key_queues.entry(hash).or_default().push_back(offset);
             }
         }
-        let slot =
-            Slot { message, key_hash, attempts, epoch: 0, lease: None, not_before: 0, settled };
+        let slot = Slot {
+            message,
+            key_hash,
+            attempts,
+            epoch: 0,
+            lease: None,
+            not_before: 0,
+            settled,
+        };
         self.window.insert(offset, slot);
     }
 
     fn settle(&mut self, offset: u64) {
-        let Some(slot) = self.window.get_mut(&offset) else { return };
+        let Some(slot) = self.window.get_mut(&offset) else {
+            return;
+        };
         slot.settled = true;
         slot.lease = None;
         self.ready.remove(&offset);

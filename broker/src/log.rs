@@ -164,7 +164,8 @@ impl TopicLog {
             return Ok(());
         }
         let bytes = encode_block(&log.open)?;
-        self.storage.put_block(self.id, partition, log.open_base, bytes)?;
+        self.storage
+            .put_block(self.id, partition, log.open_base, bytes)?;
         let messages: Arc<[Arc<StoredMessage>]> = Arc::from(std::mem::take(&mut log.open));
         push_recent(&mut log.recent, (log.open_base, messages));
         log.open_base = log.next_offset;
@@ -189,7 +190,11 @@ impl TopicLog {
                 let start = (offset - log.open_base) as usize;
                 return Ok(Some((offset, Arc::from(&log.open[start..]))));
             }
-            if let Some(run) = log.recent.iter().find(|(base, run)| contains(*base, run, offset)) {
+            if let Some(run) = log
+                .recent
+                .iter()
+                .find(|(base, run)| contains(*base, run, offset))
+            {
                 return Ok(Some(run.clone()));
             }
         }
@@ -201,8 +206,12 @@ impl TopicLog {
             return Ok(None);
         };
         let block = decode_block(&bytes, self.id, partition, base)?;
-        let messages: Arc<[Arc<StoredMessage>]> =
-            block.messages.into_iter().map(Arc::new).collect::<Vec<_>>().into();
+        let messages: Arc<[Arc<StoredMessage>]> = block
+            .messages
+            .into_iter()
+            .map(Arc::new)
+            .collect::<Vec<_>>()
+            .into();
         if !contains(base, &messages, offset) {
             return Ok(None);
         }
@@ -233,7 +242,11 @@ fn decode_block(bytes: &[u8], topic_id: u32, partition: u32, base: u64) -> Resul
 
 /// Returns the bytes a message counts against the block size.
 fn stored_size(message: &StoredMessage) -> usize {
-    let headers: usize = message.headers.iter().map(|(n, v)| n.len() + v.len() + 2).sum();
+    let headers: usize = message
+        .headers
+        .iter()
+        .map(|(n, v)| n.len() + v.len() + 2)
+        .sum();
     message.payload.len()
         + message.key.as_ref().map_or(0, |k| k.len())
         + message.id.as_ref().map_or(0, String::len)

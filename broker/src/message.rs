@@ -30,7 +30,10 @@ pub struct Message {
 impl Message {
     /// Creates a message with the given payload and nothing else.
     pub fn new(payload: impl Into<Vec<u8>>) -> Self {
-        Message { payload: payload.into(), ..Message::default() }
+        Message {
+            payload: payload.into(),
+            ..Message::default()
+        }
     }
 
     /// Creates a message whose payload is `value` encoded with postcard.
@@ -100,7 +103,10 @@ impl Message {
     pub(crate) fn validate_headers(&self) -> Result<()> {
         for (name, _) in &self.headers {
             if name.is_empty() {
-                return Err(Error::InvalidHeader { name: name.clone(), reason: "it is empty" });
+                return Err(Error::InvalidHeader {
+                    name: name.clone(),
+                    reason: "it is empty",
+                });
             }
             if name.starts_with(RESERVED_HEADER_PREFIX) {
                 return Err(Error::InvalidHeader {

@@ -11,12 +11,19 @@ pub(crate) fn validate_name(kind: &'static str, name: &str) -> Result<()> {
         "it is empty"
     } else if name.len() > MAX_NAME_LEN {
         "it is longer than 249 bytes"
-    } else if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
+    } else if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
         "it contains a character outside [A-Za-z0-9._-]"
     } else if name == "." || name == ".." {
         "it is a path component"
     } else {
         return Ok(());
     };
-    Err(Error::InvalidName { kind, name: name.to_string(), reason })
+    Err(Error::InvalidName {
+        kind,
+        name: name.to_string(),
+        reason,
+    })
 }

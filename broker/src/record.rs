@@ -75,8 +75,10 @@ pub(crate) struct CursorRecord {
 
 pub(crate) fn encode<T: Serialize>(kind: Kind, value: &T) -> Result<Vec<u8>> {
     let out = vec![FORMAT_VERSION, kind as u8];
-    postcard::to_extend(value, out)
-        .map_err(|source| Error::Encode { type_name: std::any::type_name::<T>(), source })
+    postcard::to_extend(value, out).map_err(|source| Error::Encode {
+        type_name: std::any::type_name::<T>(),
+        source,
+    })
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(
@@ -85,14 +87,18 @@ pub(crate) fn decode<T: DeserializeOwned>(
     kind: Kind,
     bytes: &[u8],
 ) -> Result<T> {
-    let corrupt = |reason: String| Error::Corrupt { tree, key: hex(key), reason };
+    let corrupt = |reason: String| Error::Corrupt {
+        tree,
+        key: hex(key),
+        reason,
+    };
     match bytes {
         [FORMAT_VERSION, found_kind, body @ ..] if *found_kind == kind as u8 => {
             postcard::from_bytes(body).map_err(|e| corrupt(format!("undecodable {kind:?}: {e}")))
         }
-        [FORMAT_VERSION, found_kind, ..] => {
-            Err(corrupt(format!("expected record kind {kind:?}, found kind byte {found_kind}")))
-        }
+        [FORMAT_VERSION, found_kind, ..] => Err(corrupt(format!(
+            "expected record kind {kind:?}, found kind byte {found_kind}"
+        ))),
         [version, ..] => Err(corrupt(format!(
             "record format version {version}, this build reads version {FORMAT_VERSION}"
         ))),

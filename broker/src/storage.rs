@@ -9,6 +9,8 @@
 //! the layout. After a failed write or flush the store is poisoned: every later write returns
 //! [`Error::Poisoned`] instead of building on state that may not be on disk.
 
+use std::collections::HashSet;
+use std::ffi::OsString;
 use std::fs::File;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -47,6 +49,8 @@ pub(crate) struct Storage {
     db_file: Option<File>,
     path: Option<PathBuf>,
     poisoned: Mutex<Option<String>>,
+    /// Blob files already fsynced, by file name.
+    synced_blobs: Mutex<HashSet<OsString>>,
     /// Set by every write, cleared by `flush_durable`.
     unsynced: AtomicBool,
 }
@@ -54,16 +58,24 @@ pub(crate) struct Storage {
 impl Storage {
     /// Opens or creates the database at `path`.
     pub fn open(path: &Path, cache_bytes: u64) -> Result<Self> {
-        let config = sled::Config::new().path(path).cache_capacity(cache_bytes).flush_every_ms(None);
+        let config = sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_bytes)
+            .flush_every_ms(None);
         let db = open_guarded(path, &config)?;
         let db_path = path.join("db");
-        let db_file = File::open(&db_path).map_err(|source| Error::Io { path: db_path, source })?;
+        let db_file = File::open(&db_path).map_err(|source| Error::Io {
+            path: db_path,
+            source,
+        })?;
         Self::from_db(db, Some(db_file), Some(path.to_path_buf()))
     }
 
     /// Creates a database in a temporary directory that sled removes on drop.
     pub fn temporary(cache_bytes: u64) -> Result<Self> {
-        let config = sled::Config::new().temporary(true).cache_capacity(cache_bytes);
+        let config = sled::Config::new()
+            .temporary(true)
+            .cache_capacity(cache_bytes);
         let db = config.open()?;
         Self::from_db(db, None, None)
     }
@@ -77,6 +89,7 @@ impl Storage {
             db_file,
             path,
             poisoned: Mutex::new(None),
+            synced_blobs: Mutex::new(HashSet::new()),
             unsynced: AtomicBool::new(false),
         };
         storage.check_format()?;
@@ -98,7 +111,9 @@ impl Storage {
                 Ok(())
             }
             None => {
-                let value = FormatRecord { version: u32::from(FORMAT_VERSION) };
+                let value = FormatRecord {
+                    version: u32::from(FORMAT_VERSION),
+                };
                 let bytes = record::encode(Kind::Format, &value)?;
                 self.meta.insert(FORMAT_KEY, bytes)?;
                 Ok(())
@@ -109,7 +124,10 @@ impl Storage {
     /// Opens an application tree, rejecting names under the reserved prefix.
     pub fn app_tree(&self, name: &str) -> Result<sled::Tree> {
         if name.starts_with(RESERVED_PREFIX) {
-            return Err(Error::ReservedTreeName { name: name.to_string(), prefix: RESERVED_PREFIX });
+            return Err(Error::ReservedTreeName {
+                name: name.to_string(),
+                prefix: RESERVED_PREFIX,
+            });
         }
         Ok(self.db.open_tree(name)?)
     }
@@ -139,7 +157,12 @@ impl Storage {
     pub fn load_group_meta(&self, topic_id: u32, group: &str) -> Result<Option<GroupMetaRecord>> {
         let key = group_meta_key(topic_id, group);
         match self.meta.get(&key)? {
-            Some(bytes) => Ok(Some(record::decode(META_TREE, &key, Kind::GroupMeta, &bytes)?)),
+            Some(bytes) => Ok(Some(record::decode(
+                META_TREE,
+                &key,
+                Kind::GroupMeta,
+                &bytes,
+            )?)),
             None => Ok(None),
         }
     }
@@ -147,14 +170,26 @@ impl Storage {
     pub fn put_group_meta(&self, topic_id: u32, meta: &GroupMetaRecord) -> Result<()> {
         self.check_writable()?;
         let bytes = record::encode(Kind::GroupMeta, meta)?;
-        let result = self.meta.insert(group_meta_key(topic_id, &meta.group), bytes).map(drop);
+        let result = self
+            .meta
+            .insert(group_meta_key(topic_id, &meta.group), bytes)
+            .map(drop);
         self.guard(result)
     }
 
     /// Writes an encoded block whose first message has offset `base`.
-    pub fn put_block(&self, topic_id: u32, partition: u32, base: u64, block: Vec<u8>) -> Result<()> {
+    pub fn put_block(
+        &self,
+        topic_id: u32,
+        partition: u32,
+        base: u64,
+        block: Vec<u8>,
+    ) -> Result<()> {
         self.check_writable()?;
-        let result = self.log.insert(block_key(topic_id, partition, base), block).map(drop);
+        let result = self
+            .log
+            .insert(block_key(topic_id, partition, base), block)
+            .map(drop);
         self.guard(result)
     }
 
@@ -189,7 +224,12 @@ impl Storage {
     ) -> Result<Option<CursorRecord>> {
         let key = cursor_key(topic_id, partition, group);
         match self.groups.get(&key)? {
-            Some(bytes) => Ok(Some(record::decode(GROUPS_TREE, &key, Kind::GroupCursor, &bytes)?)),
+            Some(bytes) => Ok(Some(record::decode(
+                GROUPS_TREE,
+                &key,
+                Kind::GroupCursor,
+                &bytes,
+            )?)),
             None => Ok(None),
         }
     }
@@ -203,7 +243,10 @@ impl Storage {
     ) -> Result<()> {
         self.check_writable()?;
         let bytes = record::encode(Kind::GroupCursor, cursor)?;
-        let result = self.groups.insert(cursor_key(topic_id, partition, group), bytes).map(drop);
+        let result = self
+            .groups
+            .insert(cursor_key(topic_id, partition, group), bytes)
+            .map(drop);
         self.guard(result)
     }
 
@@ -232,8 +275,11 @@ impl Storage {
     ///
     /// sled 0.34's `flush` writes with `pwrite` and then calls `sync_file_range`, which starts
     /// and waits for writeback of the data pages but neither flushes the drive's write cache nor
-    /// persists file metadata. The `fdatasync` that follows does both. Returns `false` when
-    /// nothing was written since the last call.
+    /// persists file metadata. The `fdatasync` that follows does both. sled also writes any page
+    /// larger than a quarter of its 512 KiB segment (a tree node holding several large blocks,
+    /// for example) to its own file under `blobs/` without syncing it, so new blob files and
+    /// the directory are fsynced as well. Returns `false` when nothing was written since the
+    /// last call.
     pub fn flush_durable(&self) -> Result<bool> {
         self.check_writable()?;
         if !self.unsynced.swap(false, Ordering::SeqCst) {
@@ -250,13 +296,58 @@ impl Storage {
                 return Err(Error::Io { path, source });
             }
         }
+        if let Some(path) = &self.path {
+            if let Err(error) = self.sync_new_blobs(&path.join("blobs")) {
+                self.poison(error.to_string());
+                return Err(error);
+            }
+        }
         Ok(true)
+    }
+
+    /// Fsyncs blob files created since the last call, then their directory.
+    fn sync_new_blobs(&self, dir: &Path) -> Result<()> {
+        let io_error = |path: &Path, source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(error) => return Err(io_error(dir, error)),
+        };
+        let mut synced = self.synced_blobs.lock();
+        let mut present = HashSet::new();
+        let mut any_new = false;
+        for entry in entries {
+            let entry = entry.map_err(|error| io_error(dir, error))?;
+            let name = entry.file_name();
+            if !synced.contains(&name) {
+                let path = entry.path();
+                match File::open(&path).and_then(|file| file.sync_all()) {
+                    Ok(()) => any_new = true,
+                    // sled removes blobs that a newer page version replaced.
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(error) => return Err(io_error(&path, error)),
+                }
+            }
+            present.insert(name);
+        }
+        *synced = present;
+        if any_new {
+            File::open(dir)
+                .and_then(|file| file.sync_all())
+                .map_err(|error| io_error(dir, error))?;
+        }
+        Ok(())
     }
 
     /// Returns `Poisoned` once any write has failed.
     pub fn check_writable(&self) -> Result<()> {
         match &*self.poisoned.lock() {
-            Some(cause) => Err(Error::Poisoned { cause: cause.clone() }),
+            Some(cause) => Err(Error::Poisoned {
+                cause: cause.clone(),
+            }),
             None => Ok(()),
         }
     }
@@ -297,15 +388,20 @@ pub(crate) struct CursorWrite<'a> {
 /// Opens sled, turning a held lock into [`Error::Locked`] and a panic inside sled (which sled
 /// 0.34 raises on some corrupt files) into [`Error::Corrupt`].
 fn open_guarded(path: &Path, config: &sled::Config) -> Result<sled::Db> {
-    std::fs::create_dir_all(path)
-        .map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+    std::fs::create_dir_all(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let outcome = catch_unwind(AssertUnwindSafe(|| config.open()));
     match outcome {
         Ok(Ok(db)) => Ok(db),
-        Ok(Err(sled::Error::Io(error))) if is_lock_error(&error) => {
-            Err(Error::Locked { path: path.to_path_buf() })
-        }
-        Ok(Err(sled::Error::Io(source))) => Err(Error::Io { path: path.to_path_buf(), source }),
+        Ok(Err(sled::Error::Io(error))) if is_lock_error(&error) => Err(Error::Locked {
+            path: path.to_path_buf(),
+        }),
+        Ok(Err(sled::Error::Io(source))) => Err(Error::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
         Ok(Err(sled::Error::Corruption { .. })) => Err(Error::Corrupt {
             tree: "sled",
             key: String::new(),
@@ -347,13 +443,14 @@ fn block_key(topic_id: u32, partition: u32, base: u64) -> [u8; 16] {
 }
 
 fn block_base(key: &[u8]) -> Result<u64> {
-    let tail: [u8; 8] = key.get(8..16).and_then(|s| s.try_into().ok()).ok_or_else(|| {
-        Error::Corrupt {
+    let tail: [u8; 8] = key
+        .get(8..16)
+        .and_then(|s| s.try_into().ok())
+        .ok_or_else(|| Error::Corrupt {
             tree: LOG_TREE,
             key: record::hex(key),
             reason: "block key is not 16 bytes".into(),
-        }
-    })?;
+        })?;
     Ok(u64::from_be_bytes(tail))
 }
 
