@@ -61,3 +61,8 @@ pub use crate::message::{DeadLetterInfo, Message, Receipt, RESERVED_HEADER_PREFI
 pub use crate::name::MAX_NAME_LEN;
 pub use crate::record::FORMAT_VERSION;
 pub use crate::storage::RESERVED_PREFIX;
+
+/// The README's code examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
