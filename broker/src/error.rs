@@ -5,7 +5,6 @@
 //! queue is `None` from [`Consumer::try_recv`](crate::Consumer::try_recv).
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 /// Result alias for broker operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -217,10 +216,6 @@ pub enum Error {
     /// The broker was closed.
     #[error("broker is closed")]
     Closed,
-
-    /// A publish waited for durability longer than allowed.
-    #[error("timed out after {0:?} waiting for the data to reach the disk")]
-    FlushTimeout(Duration),
 
     /// The storage engine reported an error.
     #[error("storage error: {0}")]

@@ -78,7 +78,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 /// Runs two workers in one per-key group until the topic is drained; returns how many orders
 /// were acked.
-fn consume(broker: &Broker) -> Result<u64, aqueduct::Error> {
+fn consume(broker: &Broker) -> Result<u64, Box<dyn std::error::Error>> {
     let config = ConsumerConfig::default().ordering(OrderingMode::PerKey);
     let workers: Vec<_> = (0..2)
         .map(|_| {
@@ -101,7 +101,7 @@ fn consume(broker: &Broker) -> Result<u64, aqueduct::Error> {
         .collect::<Result<_, aqueduct::Error>>()?;
     let mut total = 0;
     for worker in workers {
-        total += worker.join().map_err(|_| aqueduct::Error::Closed)??;
+        total += worker.join().map_err(|_| "a worker thread panicked")??;
     }
     Ok(total)
 }
