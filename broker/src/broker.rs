@@ -122,6 +122,7 @@ impl Broker {
                 record.name.clone(),
                 record.config,
                 config.block_bytes,
+                config.clock.now_ms(),
             )?;
             topics.insert(record.name, Arc::new(topic));
         }
@@ -203,13 +204,9 @@ impl Broker {
         };
         shared.storage.put_topic(&record)?;
         let storage = Arc::clone(&shared.storage);
-        let topic = TopicLog::load(
-            storage,
-            id,
-            name.to_string(),
-            config,
-            shared.config.block_bytes,
-        )?;
+        let now = shared.config.clock.now_ms();
+        let block_bytes = shared.config.block_bytes;
+        let topic = TopicLog::load(storage, id, name.to_string(), config, block_bytes, now)?;
         shared
             .topics
             .write()
@@ -290,33 +287,13 @@ impl Broker {
         shared.storage.check_writable()?;
         let now = shared.config.clock.now_ms();
 
-        let mut per_partition: Vec<Vec<(usize, StoredMessage)>> =
-            vec![Vec::new(); topic.partition_count() as usize];
-        let mut count = 0;
+        let mut stored_messages = Vec::new();
         for message in messages {
             shared.validate_message(&topic.name, &message)?;
-            let partition = topic.choose_partition(message.key.as_deref());
-            per_partition[partition as usize].push((count, stored(message, now)));
-            count += 1;
+            stored_messages.push(stored(message, now));
         }
-
-        let mut receipts = vec![
-            Receipt {
-                partition: 0,
-                offset: 0
-            };
-            count
-        ];
-        for (partition, batch) in per_partition.into_iter().enumerate() {
-            if batch.is_empty() {
-                continue;
-            }
-            let (positions, messages): (Vec<usize>, Vec<StoredMessage>) = batch.into_iter().unzip();
-            let assigned = topic.append(partition as u32, messages)?;
-            for (position, receipt) in positions.into_iter().zip(assigned) {
-                receipts[position] = receipt;
-            }
-        }
+        let count = stored_messages.len();
+        let receipts = topic.publish(stored_messages, now)?;
         topic.signal.bump();
 
         if shared.config.durability == Durability::Flushed && count > 0 {
@@ -534,8 +511,10 @@ impl Shared {
     /// One flush round: write open blocks and changed cursors, then fsync.
     fn round(&self) -> Result<bool> {
         let topics: Vec<Arc<TopicLog>> = self.topics.read().values().cloned().collect();
+        let now = self.config.clock.now_ms();
         for topic in &topics {
             topic.seal_all()?;
+            topic.expire_dedup(now)?;
         }
         let groups: Vec<Arc<Group>> = self.groups.lock().values().cloned().collect();
         for group in &groups {
@@ -579,7 +558,7 @@ fn stored(message: Message, now: u64) -> StoredMessage {
             .map(|(name, value)| (name, serde_bytes::ByteBuf::from(value)))
             .collect(),
         id: message.id,
-        deliver_at_ms: None,
+        deliver_at_ms: message.deliver_at_ms,
         dead_letter: None,
     }
 }

@@ -157,6 +157,7 @@ pub struct TopicConfig {
     pub(crate) ack_timeout_ms: u64,
     pub(crate) max_deliveries: Option<u32>,
     pub(crate) dead_letter_topic: Option<String>,
+    pub(crate) dedup_window_ms: u64,
 }
 
 impl Default for TopicConfig {
@@ -166,6 +167,7 @@ impl Default for TopicConfig {
             ack_timeout_ms: 30_000,
             max_deliveries: None,
             dead_letter_topic: None,
+            dedup_window_ms: 120_000,
         }
     }
 }
@@ -216,6 +218,22 @@ impl TopicConfig {
     pub fn dead_letter_topic(mut self, topic: impl Into<String>) -> Self {
         self.dead_letter_topic = Some(topic.into());
         self
+    }
+
+    /// Sets how long a message id is remembered: a message published with an id seen within
+    /// this window is not stored again, and the publisher gets the original receipt, also
+    /// after a restart. Messages without an id are never deduplicated. Default 2 minutes (the
+    /// default duplicate window of NATS JetStream); `Duration::ZERO` turns deduplication off;
+    /// at most 7 days; whole milliseconds.
+    #[must_use]
+    pub fn dedup_window(mut self, window: Duration) -> Self {
+        self.dedup_window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+        self
+    }
+
+    /// The dedup window; zero when deduplication is off.
+    pub fn dedup_window_duration(&self) -> Duration {
+        Duration::from_millis(self.dedup_window_ms)
     }
 
     /// The number of partitions.

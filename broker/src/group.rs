@@ -699,13 +699,14 @@ impl PartitionCursor {
                 self.key_queues.entry(hash).or_default().push_back(offset);
             }
         }
+        let not_before = message.deliver_at_ms.unwrap_or(0);
         let slot = Slot {
             message,
             key_hash,
             attempts,
             epoch: 0,
             lease: None,
-            not_before: 0,
+            not_before,
             settled,
         };
         self.window.insert(offset, slot);

@@ -38,6 +38,7 @@ mod broker;
 mod clock;
 mod config;
 mod consumer;
+mod dedup;
 mod error;
 mod flusher;
 mod group;

@@ -5,7 +5,7 @@
 //! size or when the flusher runs; readers see messages in the open block at once. The last few
 //! written blocks stay decoded in memory so that consumers near the head do not touch sled.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
@@ -13,12 +13,13 @@ use parking_lot::Mutex;
 use serde::Serialize;
 
 use crate::config::TopicConfig;
+use crate::dedup::DedupIndex;
 use crate::error::Result;
 use crate::hash::partition_for_key;
 use crate::message::Receipt;
-use crate::record::{self, Block, Kind, StoredMessage};
+use crate::record::{self, Block, DedupRecord, Kind, StoredMessage};
 use crate::signal::Signal;
-use crate::storage::Storage;
+use crate::storage::{BlockWrite, Storage};
 
 /// Number of written blocks per partition kept decoded for readers.
 const RECENT_BLOCKS: usize = 4;
@@ -42,6 +43,7 @@ pub(crate) struct TopicLog {
     next_keyless: AtomicU32,
     storage: Arc<Storage>,
     block_bytes: usize,
+    dedup: Mutex<DedupIndex>,
 }
 
 #[derive(Default)]
@@ -61,14 +63,20 @@ struct BlockRef<'a> {
 }
 
 impl TopicLog {
-    /// Loads a topic, finding each partition's next offset from its last stored block.
+    /// Loads a topic, finding each partition's next offset from its last stored block and
+    /// restoring the dedup index.
     pub fn load(
         storage: Arc<Storage>,
         id: u32,
         name: String,
         config: TopicConfig,
         block_bytes: usize,
+        now_ms: u64,
     ) -> Result<Self> {
+        let entries = storage.load_dedup(id)?;
+        let (dedup, expired) = DedupIndex::restore(entries, now_ms, config.dedup_window_ms);
+        storage.remove_dedup(id, &expired)?;
+
         let mut partitions = Vec::with_capacity(config.partitions as usize);
         for partition in 0..config.partitions {
             let next_offset = match storage.last_block(id, partition)? {
@@ -93,6 +101,7 @@ impl TopicLog {
             next_keyless: AtomicU32::new(0),
             storage,
             block_bytes,
+            dedup: Mutex::new(dedup),
         })
     }
 
@@ -108,8 +117,95 @@ impl TopicLog {
         }
     }
 
+    /// Stores messages and returns one receipt per message, in input order. A message whose id
+    /// was published within the dedup window (earlier, or earlier in this batch) is not stored
+    /// and gets the original receipt.
+    pub fn publish(&self, messages: Vec<StoredMessage>, now_ms: u64) -> Result<Vec<Receipt>> {
+        let window = self.config.dedup_window_ms;
+        if window == 0 || messages.iter().all(|message| message.id.is_none()) {
+            let positioned = messages.into_iter().enumerate().collect();
+            let receipts = self.append_positioned(positioned)?;
+            return Ok(receipts.into_iter().map(|(_, receipt)| receipt).collect());
+        }
+
+        let mut index = self.dedup.lock();
+        let mut receipts: Vec<Option<Receipt>> = vec![None; messages.len()];
+        let mut first_in_batch: HashMap<String, usize> = HashMap::new();
+        let mut repeats = Vec::new();
+        let mut fresh = Vec::new();
+        for (position, message) in messages.into_iter().enumerate() {
+            if let Some(id) = &message.id {
+                if let Some(original) = index.get(id, now_ms, window) {
+                    receipts[position] = Some(original);
+                    continue;
+                }
+                if let Some(&first) = first_in_batch.get(id) {
+                    repeats.push((position, first));
+                    continue;
+                }
+                first_in_batch.insert(id.clone(), position);
+            }
+            fresh.push((position, message));
+        }
+
+        let ids: HashMap<usize, String> = first_in_batch
+            .into_iter()
+            .map(|(id, position)| (position, id))
+            .collect();
+        for (position, receipt) in self.append_positioned(fresh)? {
+            receipts[position] = Some(receipt);
+            if let Some(id) = ids.get(&position) {
+                index.insert(id.clone(), receipt, now_ms);
+            }
+        }
+        for (position, first) in repeats {
+            receipts[position] = receipts[first];
+        }
+        if receipts.len() > ids.len() {
+            tracing::trace!(topic = %self.name, "deduplicated messages by id");
+        }
+        Ok(receipts.into_iter().flatten().collect())
+    }
+
+    /// Appends `(position, message)` pairs, grouped by partition, and returns each position's
+    /// receipt.
+    fn append_positioned(
+        &self,
+        messages: Vec<(usize, StoredMessage)>,
+    ) -> Result<Vec<(usize, Receipt)>> {
+        let mut per_partition: Vec<Vec<(usize, StoredMessage)>> =
+            (0..self.partition_count()).map(|_| Vec::new()).collect();
+        for (position, message) in messages {
+            let partition = self.choose_partition(message.key.as_deref().map(|key| &key[..]));
+            per_partition[partition as usize].push((position, message));
+        }
+        let mut receipts = Vec::new();
+        for (partition, batch) in per_partition.into_iter().enumerate() {
+            if batch.is_empty() {
+                continue;
+            }
+            let (positions, batch): (Vec<usize>, Vec<StoredMessage>) = batch.into_iter().unzip();
+            let assigned = self.append(partition as u32, batch)?;
+            receipts.extend(positions.into_iter().zip(assigned));
+        }
+        Ok(receipts)
+    }
+
+    /// Removes dedup entries older than the window, in memory and in storage.
+    pub fn expire_dedup(&self, now_ms: u64) -> Result<()> {
+        let window = self.config.dedup_window_ms;
+        if window == 0 {
+            return Ok(());
+        }
+        // The index stays locked while storage entries are removed, so that a publish of an
+        // expired id cannot write a new entry that the removal would then delete.
+        let mut index = self.dedup.lock();
+        let expired = index.expire(now_ms, window);
+        self.storage.remove_dedup(self.id, &expired)
+    }
+
     /// Appends messages to one partition and returns their receipts.
-    pub fn append(
+    fn append(
         &self,
         partition: u32,
         messages: impl IntoIterator<Item = StoredMessage>,
@@ -164,13 +260,42 @@ impl TopicLog {
             return Ok(());
         }
         let bytes = encode_block(&log.open)?;
-        self.storage
-            .put_block(self.id, partition, log.open_base, bytes)?;
+        let dedup = self.dedup_entries(partition, log);
+        if dedup.is_empty() {
+            self.storage
+                .put_block(self.id, partition, log.open_base, bytes)?;
+        } else {
+            let block = BlockWrite {
+                topic_id: self.id,
+                partition,
+                base: log.open_base,
+                bytes,
+            };
+            self.storage.put_block_with_dedup(block, &dedup)?;
+        }
         let messages: Arc<[Arc<StoredMessage>]> = Arc::from(std::mem::take(&mut log.open));
         push_recent(&mut log.recent, (log.open_base, messages));
         log.open_base = log.next_offset;
         log.open_bytes = 0;
         Ok(())
+    }
+
+    fn dedup_entries(&self, partition: u32, log: &PartitionLog) -> Vec<(String, DedupRecord)> {
+        if self.config.dedup_window_ms == 0 {
+            return Vec::new();
+        }
+        let mut entries = Vec::new();
+        for (offset, message) in (log.open_base..).zip(&log.open) {
+            if let Some(id) = &message.id {
+                let entry = DedupRecord {
+                    partition,
+                    offset,
+                    timestamp_ms: message.timestamp_ms,
+                };
+                entries.push((id.clone(), entry));
+            }
+        }
+        entries
     }
 
     /// Returns the next offset to be assigned in `partition` (the high watermark).

@@ -1,6 +1,6 @@
 //! Messages as published and the receipts publishing returns.
 
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +25,7 @@ pub struct Message {
     pub(crate) key: Option<Vec<u8>>,
     pub(crate) headers: Vec<(String, Vec<u8>)>,
     pub(crate) id: Option<String>,
+    pub(crate) deliver_at_ms: Option<u64>,
 }
 
 impl Message {
@@ -71,6 +72,16 @@ impl Message {
         self
     }
 
+    /// Holds the message back from every group until `time`. The delay survives restarts.
+    /// In a per-key group the message also holds back later messages with its key, and in a
+    /// per-partition group later messages of its partition, so delays never reorder them.
+    #[must_use]
+    pub fn deliver_at(mut self, time: SystemTime) -> Self {
+        let since_epoch = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+        self.deliver_at_ms = Some(u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX));
+        self
+    }
+
     /// The payload bytes.
     pub fn payload(&self) -> &[u8] {
         &self.payload
@@ -89,6 +100,12 @@ impl Message {
     /// The message id, if any.
     pub fn message_id(&self) -> Option<&str> {
         self.id.as_deref()
+    }
+
+    /// The earliest delivery time, if the message is delayed.
+    pub fn delivery_time(&self) -> Option<SystemTime> {
+        self.deliver_at_ms
+            .map(|ms| UNIX_EPOCH + Duration::from_millis(ms))
     }
 
     /// Returns the number of bytes the message counts against the size limit.

@@ -23,6 +23,7 @@ pub(crate) enum Kind {
     Block = 3,
     GroupMeta = 4,
     GroupCursor = 5,
+    Dedup = 6,
 }
 
 /// One stored message inside a block.
@@ -34,7 +35,7 @@ pub(crate) struct StoredMessage {
     pub key: Option<serde_bytes::ByteBuf>,
     pub headers: Vec<(String, serde_bytes::ByteBuf)>,
     pub id: Option<String>,
-    /// Earliest delivery time; reserved for delayed delivery, always `None` for now.
+    /// Earliest delivery time in milliseconds since the Unix epoch.
     pub deliver_at_ms: Option<u64>,
     pub dead_letter: Option<DeadLetterInfo>,
 }
@@ -43,6 +44,14 @@ pub(crate) struct StoredMessage {
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Block {
     pub messages: Vec<StoredMessage>,
+}
+
+/// Where the first message with a given id was stored, for deduplication.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct DedupRecord {
+    pub partition: u32,
+    pub offset: u64,
+    pub timestamp_ms: u64,
 }
 
 /// A topic's identity and configuration.

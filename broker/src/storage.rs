@@ -2,7 +2,9 @@
 //!
 //! Trees, all under the reserved prefix `__aqueduct`:
 //! - `__aqueduct.meta`: the format record, topic records and group records.
-//! - `__aqueduct.log`: message blocks keyed by topic id, partition and base offset.
+//! - `__aqueduct.log`: message blocks keyed by topic id, partition and base offset, and dedup
+//!   entries keyed by topic id, the marker partition `u32::MAX` and the message id. Both live
+//!   in one tree so that a block and its dedup entries are written in one atomic sled batch.
 //! - `__aqueduct.groups`: cursor records keyed by topic id, partition and group name.
 //!
 //! Keys are big-endian so that sled's byte order is numeric order. `docs/FORMAT.md` describes
@@ -21,7 +23,9 @@ use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
 use crate::error::{Error, Result};
-use crate::record::{self, CursorRecord, GroupMetaRecord, Kind, TopicRecord, FORMAT_VERSION};
+use crate::record::{
+    self, CursorRecord, DedupRecord, GroupMetaRecord, Kind, TopicRecord, FORMAT_VERSION,
+};
 
 /// Prefix of every tree the broker owns; application trees may not use it.
 pub const RESERVED_PREFIX: &str = "__aqueduct";
@@ -191,6 +195,56 @@ impl Storage {
             .insert(block_key(topic_id, partition, base), block)
             .map(drop);
         self.guard(result)
+    }
+
+    /// Writes an encoded block and the dedup entries of its messages in one atomic sled batch.
+    pub fn put_block_with_dedup(
+        &self,
+        block: BlockWrite,
+        dedup: &[(String, DedupRecord)],
+    ) -> Result<()> {
+        self.check_writable()?;
+        let mut batch = sled::Batch::default();
+        batch.insert(
+            &block_key(block.topic_id, block.partition, block.base),
+            block.bytes,
+        );
+        for (id, entry) in dedup {
+            batch.insert(
+                dedup_key(block.topic_id, id),
+                record::encode(Kind::Dedup, entry)?,
+            );
+        }
+        let result = self.log.apply_batch(batch);
+        self.guard(result)
+    }
+
+    /// Returns a topic's stored dedup entries.
+    pub fn load_dedup(&self, topic_id: u32) -> Result<Vec<(String, DedupRecord)>> {
+        let prefix = dedup_key(topic_id, "");
+        let mut entries = Vec::new();
+        for item in self.log.scan_prefix(&prefix) {
+            let (key, value) = item?;
+            let record: DedupRecord = record::decode(LOG_TREE, &key, Kind::Dedup, &value)?;
+            let id =
+                String::from_utf8(key[prefix.len()..].to_vec()).map_err(|_| Error::Corrupt {
+                    tree: LOG_TREE,
+                    key: record::hex(&key),
+                    reason: "dedup key holds an id that is not UTF-8".into(),
+                })?;
+            entries.push((id, record));
+        }
+        Ok(entries)
+    }
+
+    /// Removes expired dedup entries.
+    pub fn remove_dedup(&self, topic_id: u32, ids: &[String]) -> Result<()> {
+        self.check_writable()?;
+        for id in ids {
+            let result = self.log.remove(dedup_key(topic_id, id)).map(drop);
+            self.guard(result)?;
+        }
+        Ok(())
     }
 
     /// Returns the base offset and raw bytes of the block that contains `offset`, if stored.
@@ -369,7 +423,7 @@ impl Storage {
     }
 }
 
-/// A dead-letter block to write.
+/// A block to write.
 pub(crate) struct BlockWrite {
     pub topic_id: u32,
     pub partition: u32,
@@ -440,6 +494,18 @@ fn block_key(topic_id: u32, partition: u32, base: u64) -> [u8; 16] {
     key[4..8].copy_from_slice(&partition.to_be_bytes());
     key[8..].copy_from_slice(&base.to_be_bytes());
     key
+}
+
+/// Partition number that marks dedup keys in the log tree; real partitions are below 1024.
+const DEDUP_MARKER: u32 = u32::MAX;
+
+fn dedup_key(topic_id: u32, id: &str) -> Vec<u8> {
+    [
+        &topic_id.to_be_bytes()[..],
+        &DEDUP_MARKER.to_be_bytes(),
+        id.as_bytes(),
+    ]
+    .concat()
 }
 
 fn block_base(key: &[u8]) -> Result<u64> {
