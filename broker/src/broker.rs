@@ -5,19 +5,20 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::config::{BrokerConfig, ConsumerConfig, Durability, TopicConfig};
+use crate::config::{BrokerConfig, ConsumerConfig, Durability, OrderingMode, TopicConfig};
 use crate::consumer::Consumer;
 use crate::error::{Error, Result};
 use crate::flusher::Flusher;
 use crate::group::{Group, GroupParts};
-use crate::log::TopicLog;
+use crate::log::{GroupFloor, TopicLog};
 use crate::message::{Message, Receipt};
 use crate::name::validate_name;
 use crate::record::{GroupMetaRecord, StoredMessage, TopicRecord};
+use crate::stats::{GroupPartitionStats, GroupStats, PartitionStats, Stats, TopicStats};
 use crate::storage::Storage;
 
 /// Interval of the flusher's idle rounds in `Durability::Flushed` mode, where every publish
@@ -65,6 +66,8 @@ struct Shared {
     groups: Mutex<HashMap<(String, String), Arc<Group>>>,
     /// Serializes topic creation.
     topic_creation: Mutex<()>,
+    /// When the flusher last enforced retention.
+    last_retention: Mutex<Instant>,
 }
 
 impl Broker {
@@ -124,6 +127,7 @@ impl Broker {
                 config.block_bytes,
                 config.clock.now_ms(),
             )?;
+            register_stored_groups(&storage, &topic)?;
             topics.insert(record.name, Arc::new(topic));
         }
         let shared = Arc::new(Shared {
@@ -132,6 +136,7 @@ impl Broker {
             topics: RwLock::new(topics),
             groups: Mutex::new(HashMap::new()),
             topic_creation: Mutex::new(()),
+            last_retention: Mutex::new(Instant::now()),
         });
 
         let interval = match config.durability {
@@ -282,6 +287,16 @@ impl Broker {
         topic: &str,
         messages: impl IntoIterator<Item = Message>,
     ) -> Result<Vec<Receipt>> {
+        self.publish_messages(topic, messages, true)
+    }
+
+    /// Publishes messages, deduplicating by id when `deduplicate` is set.
+    fn publish_messages(
+        &self,
+        topic: &str,
+        messages: impl IntoIterator<Item = Message>,
+        deduplicate: bool,
+    ) -> Result<Vec<Receipt>> {
         let shared = &self.inner.shared;
         let topic = shared.topic(topic)?;
         shared.storage.check_writable()?;
@@ -293,7 +308,12 @@ impl Broker {
             stored_messages.push(stored(message, now));
         }
         let count = stored_messages.len();
-        let receipts = topic.publish(stored_messages, now)?;
+        let bytes: usize = stored_messages
+            .iter()
+            .map(|message| message.payload.len())
+            .sum();
+        topic.reserve(count as u64, bytes as u64)?;
+        let receipts = topic.publish(stored_messages, now, deduplicate)?;
         topic.signal.bump();
 
         if shared.config.durability == Durability::Flushed && count > 0 {
@@ -337,7 +357,8 @@ impl Broker {
     /// Republishes up to `max` dead letters from `dead_letter_topic` to their source topics and
     /// returns how many were replayed. Progress is tracked by consumer group `group` on the
     /// dead-letter topic, so a second call continues where the first stopped. The replayed
-    /// copy keeps payload, key, headers and id, and is a new message at a new offset.
+    /// copy keeps payload, key, headers and id, is not deduplicated against the original, and
+    /// is a new message at a new offset.
     ///
     /// # Errors
     ///
@@ -370,7 +391,8 @@ impl Broker {
                 .headers()
                 .map(|(name, value)| (name.to_string(), value.to_vec()))
                 .collect();
-            self.publish(&info.source_topic, message)?;
+            // The copy keeps its id, which the source topic's dedup window may still hold.
+            self.publish_messages(&info.source_topic, std::iter::once(message), false)?;
             delivery.ack()?;
             replayed += 1;
         }
@@ -388,6 +410,33 @@ impl Broker {
     /// [`Error::ReservedTreeName`] for names starting with `__aqueduct`.
     pub fn tree(&self, name: &str) -> Result<sled::Tree> {
         self.inner.shared.storage.app_tree(name)
+    }
+
+    /// Returns watermarks per partition and lag, in-flight counts and counters per group, for
+    /// every topic.
+    ///
+    /// # Errors
+    ///
+    /// Storage failures while reading group metadata or the oldest unacknowledged message.
+    pub fn stats(&self) -> Result<Stats> {
+        let shared = &self.inner.shared;
+        let mut topics: Vec<Arc<TopicLog>> = shared.topics.read().values().cloned().collect();
+        topics.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut stats = Stats { topics: Vec::new() };
+        for topic in topics {
+            stats.topics.push(shared.topic_stats(&topic)?);
+        }
+        Ok(stats)
+    }
+
+    /// Removes the messages that each topic's retention policy no longer keeps, now rather than
+    /// at the flusher's next retention pass.
+    ///
+    /// # Errors
+    ///
+    /// Storage failures.
+    pub fn enforce_retention(&self) -> Result<()> {
+        self.inner.shared.enforce_retention()
     }
 
     /// Makes everything published and acknowledged so far durable, and waits for it.
@@ -520,7 +569,168 @@ impl Shared {
         for group in &groups {
             group.persist_dirty()?;
         }
+        let retention_due = {
+            let mut last = self.last_retention.lock();
+            let due = last.elapsed() >= self.config.retention_interval;
+            if due {
+                *last = Instant::now();
+            }
+            due
+        };
+        if retention_due {
+            self.enforce_retention()?;
+        }
         self.storage.flush_durable()
+    }
+
+    /// Runs retention on every topic and settles the removed offsets in every group: loaded
+    /// groups drop them from their windows; each group counts the ones it had not acknowledged.
+    fn enforce_retention(&self) -> Result<()> {
+        let topics: Vec<Arc<TopicLog>> = self.topics.read().values().cloned().collect();
+        let now = self.config.clock.now_ms();
+        for topic in topics {
+            for (partition, low) in topic.enforce_retention(now)? {
+                for floor in topic.floors() {
+                    if floor.get(partition) >= low {
+                        continue;
+                    }
+                    let loaded = self
+                        .groups
+                        .lock()
+                        .get(&(topic.name.clone(), floor.group.clone()))
+                        .cloned();
+                    let removed = match loaded {
+                        Some(group) => group.truncate(partition, low),
+                        None => self.unsettled_below(&topic, partition, &floor.group, low)?,
+                    };
+                    floor.set(partition, low);
+                    if removed > 0 {
+                        floor
+                            .unconsumed_removals
+                            .fetch_add(removed, Ordering::Relaxed);
+                        tracing::warn!(
+                            topic = %topic.name,
+                            group = %floor.group,
+                            partition,
+                            removed,
+                            low,
+                            "retention removed messages this group had not acknowledged"
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn topic_stats(&self, topic: &TopicLog) -> Result<TopicStats> {
+        let partitions: Vec<PartitionStats> = (0..topic.partition_count())
+            .map(|partition| {
+                let extent = topic.extent(partition);
+                PartitionStats {
+                    partition,
+                    low_watermark: extent.low,
+                    high_watermark: extent.high,
+                    stored_bytes: extent.stored_bytes,
+                }
+            })
+            .collect();
+        let (backlog_messages, backlog_bytes) = topic.backlog();
+        let orderings: HashMap<String, OrderingMode> = self
+            .storage
+            .list_group_meta(topic.id)?
+            .into_iter()
+            .map(|meta| (meta.group, meta.ordering))
+            .collect();
+        let mut groups = Vec::new();
+        for floor in topic.floors() {
+            let key = (topic.name.clone(), floor.group.clone());
+            let loaded = self.groups.lock().get(&key).cloned();
+            let mut group = self.group_stats(topic, &partitions, &floor, loaded.as_deref())?;
+            group.ordering = orderings.get(&floor.group).copied();
+            groups.push(group);
+        }
+        groups.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(TopicStats {
+            name: topic.name.clone(),
+            config: topic.config.clone(),
+            partitions,
+            backlog_messages,
+            backlog_bytes,
+            groups,
+        })
+    }
+
+    fn group_stats(
+        &self,
+        topic: &TopicLog,
+        partitions: &[PartitionStats],
+        floor: &GroupFloor,
+        loaded: Option<&Group>,
+    ) -> Result<GroupStats> {
+        let positions = loaded.map(Group::positions);
+        let now = self.config.clock.now_ms();
+        let mut stats = GroupStats {
+            name: floor.group.clone(),
+            ordering: None,
+            active: loaded.is_some(),
+            partitions: Vec::new(),
+            lag: 0,
+            in_flight: 0,
+            oldest_unacked_age_ms: None,
+            redeliveries: loaded.map_or(0, |group| group.redeliveries.load(Ordering::Relaxed)),
+            dead_letters: loaded.map_or(0, |group| group.dead_letters.load(Ordering::Relaxed)),
+            unconsumed_removals: floor.unconsumed_removals.load(Ordering::Relaxed),
+        };
+        for extent in partitions {
+            let index = extent.partition as usize;
+            let (committed, in_flight) = match &positions {
+                Some(positions) => (positions[index].0, positions[index].1 as u64),
+                None => (floor.get(extent.partition), 0),
+            };
+            let first_unacked = committed.max(extent.low_watermark);
+            let lag = extent.high_watermark.saturating_sub(first_unacked);
+            if lag > 0 {
+                if let Some(timestamp) = topic.timestamp_at(extent.partition, first_unacked)? {
+                    let age = now.saturating_sub(timestamp);
+                    let oldest = stats.oldest_unacked_age_ms.map_or(age, |max| max.max(age));
+                    stats.oldest_unacked_age_ms = Some(oldest);
+                }
+            }
+            stats.lag += lag;
+            stats.in_flight += in_flight;
+            stats.partitions.push(GroupPartitionStats {
+                partition: extent.partition,
+                committed,
+                lag,
+                in_flight,
+            });
+        }
+        Ok(stats)
+    }
+
+    /// Counts the offsets below `low` that a group without a live consumer has not settled,
+    /// from its stored cursor.
+    fn unsettled_below(
+        &self,
+        topic: &TopicLog,
+        partition: u32,
+        group: &str,
+        low: u64,
+    ) -> Result<u64> {
+        let cursor = self
+            .storage
+            .load_cursor(topic.id, partition, group)?
+            .unwrap_or_default();
+        if cursor.committed >= low {
+            return Ok(0);
+        }
+        let settled = cursor
+            .entries
+            .iter()
+            .filter(|(delta, _, settled)| *settled && cursor.committed + delta < low)
+            .count() as u64;
+        Ok(low - cursor.committed - settled)
     }
 
     fn wake_all(&self) {
@@ -530,10 +740,24 @@ impl Shared {
     }
 }
 
+/// Registers the committed offsets of every stored group of `topic`, so that retention and
+/// backlog limits account for groups without a live consumer.
+fn register_stored_groups(storage: &Storage, topic: &TopicLog) -> Result<()> {
+    for meta in storage.list_group_meta(topic.id)? {
+        let mut committed = Vec::new();
+        for partition in 0..topic.partition_count() {
+            let cursor = storage.load_cursor(topic.id, partition, &meta.group)?;
+            committed.push(cursor.map_or(0, |cursor| cursor.committed));
+        }
+        topic.floor(&meta.group, || committed);
+    }
+    Ok(())
+}
+
 fn check_ordering(
     topic: &str,
     group: &str,
-    existing: crate::config::OrderingMode,
+    existing: OrderingMode,
     config: &ConsumerConfig,
 ) -> Result<()> {
     if existing == config.ordering {

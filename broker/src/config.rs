@@ -53,6 +53,7 @@ pub struct BrokerConfig {
     pub(crate) max_message_bytes: usize,
     pub(crate) block_bytes: usize,
     pub(crate) cache_bytes: u64,
+    pub(crate) retention_interval: Duration,
     pub(crate) clock: Arc<dyn Clock>,
 }
 
@@ -63,6 +64,7 @@ impl Default for BrokerConfig {
             max_message_bytes: 64 * 1024,
             block_bytes: 32 * 1024,
             cache_bytes: 256 * 1024 * 1024,
+            retention_interval: Duration::from_secs(1),
             clock: Arc::new(SystemClock),
         }
     }
@@ -75,6 +77,7 @@ impl fmt::Debug for BrokerConfig {
             .field("max_message_bytes", &self.max_message_bytes)
             .field("block_bytes", &self.block_bytes)
             .field("cache_bytes", &self.cache_bytes)
+            .field("retention_interval", &self.retention_interval)
             .finish_non_exhaustive()
     }
 }
@@ -108,6 +111,15 @@ impl BrokerConfig {
     #[must_use]
     pub fn cache_bytes(mut self, bytes: u64) -> Self {
         self.cache_bytes = bytes;
+        self
+    }
+
+    /// Sets how often the background flusher enforces retention. Default 1 s; bounds 10 ms
+    /// to 1 hour. [`Broker::enforce_retention`](crate::Broker::enforce_retention) runs a pass
+    /// at once.
+    #[must_use]
+    pub fn retention_interval(mut self, interval: Duration) -> Self {
+        self.retention_interval = interval;
         self
     }
 
@@ -158,6 +170,73 @@ pub struct TopicConfig {
     pub(crate) max_deliveries: Option<u32>,
     pub(crate) dead_letter_topic: Option<String>,
     pub(crate) dedup_window_ms: u64,
+    pub(crate) retention: Retention,
+    pub(crate) backlog: Option<BacklogLimit>,
+}
+
+/// How long a topic keeps messages. Removal works on whole blocks, in the background, and never
+/// removes a partition's newest stored block, so a partition keeps its last few messages.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Retention {
+    /// Keep every message (an event log).
+    #[default]
+    Forever,
+    /// Remove a block once every group of the topic has acknowledged all its messages (a work
+    /// queue). A topic without groups keeps everything.
+    UntilAcked,
+    /// Remove blocks whose newest message is older than `max_age`, and the oldest blocks while a
+    /// partition holds more than `max_bytes`. A message removed before a group acknowledged it is
+    /// counted in that group's `unconsumed_removals` and logged.
+    Limits {
+        /// Age limit, measured from publish time; `None` for no limit.
+        max_age: Option<Duration>,
+        /// Size limit per partition in stored bytes; `None` for no limit.
+        max_bytes: Option<u64>,
+    },
+}
+
+impl Retention {
+    /// Keeps messages for `age` after they were published.
+    pub fn max_age(age: Duration) -> Self {
+        Retention::Limits {
+            max_age: Some(age),
+            max_bytes: None,
+        }
+    }
+
+    /// Keeps at most `bytes` of stored blocks per partition.
+    pub fn max_bytes(bytes: u64) -> Self {
+        Retention::Limits {
+            max_age: None,
+            max_bytes: Some(bytes),
+        }
+    }
+}
+
+/// What a publish does when the topic's backlog is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WhenFull {
+    /// Wait up to `timeout` for consumers to make room, then fail with
+    /// [`Error::BacklogFull`].
+    Block {
+        /// Longest wait.
+        timeout: Duration,
+    },
+    /// Fail at once with [`Error::BacklogFull`].
+    Reject,
+}
+
+/// A bound on a topic's backlog: the messages that its slowest group has not yet acknowledged
+/// (every retained message when the topic has no group).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BacklogLimit {
+    /// Most backlog messages; `None` for no limit.
+    pub max_messages: Option<u64>,
+    /// Most backlog bytes, counted in whole stored blocks plus the open blocks; `None` for no
+    /// limit.
+    pub max_bytes: Option<u64>,
+    /// What a publish does when a limit would be exceeded.
+    pub when_full: WhenFull,
 }
 
 impl Default for TopicConfig {
@@ -168,6 +247,8 @@ impl Default for TopicConfig {
             max_deliveries: None,
             dead_letter_topic: None,
             dedup_window_ms: 120_000,
+            retention: Retention::Forever,
+            backlog: None,
         }
     }
 }
@@ -231,6 +312,31 @@ impl TopicConfig {
         self
     }
 
+    /// Sets how long messages are kept. Default [`Retention::Forever`].
+    #[must_use]
+    pub fn retention(mut self, retention: Retention) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// Bounds the backlog so that a fast producer cannot outrun slow consumers without limit.
+    /// Default: no limit. Each set limit must be at least 1.
+    #[must_use]
+    pub fn backlog_limit(mut self, limit: BacklogLimit) -> Self {
+        self.backlog = Some(limit);
+        self
+    }
+
+    /// The retention policy.
+    pub fn retention_policy(&self) -> Retention {
+        self.retention
+    }
+
+    /// The backlog limit, if any.
+    pub fn backlog(&self) -> Option<BacklogLimit> {
+        self.backlog
+    }
+
     /// The dedup window; zero when deduplication is off.
     pub fn dedup_window_duration(&self) -> Duration {
         Duration::from_millis(self.dedup_window_ms)
@@ -269,6 +375,40 @@ impl TopicConfig {
             1,
             7 * 24 * 3600 * 1000,
         )?;
+        if let Retention::Limits { max_age, max_bytes } = self.retention {
+            if let Some(age) = max_age {
+                check_duration(
+                    "TopicConfig::retention max_age",
+                    age,
+                    Duration::from_millis(1),
+                    Duration::from_secs(100 * 365 * 24 * 3600),
+                )?;
+            }
+            if let Some(bytes) = max_bytes {
+                check_range("TopicConfig::retention max_bytes", bytes, 1, u64::MAX)?;
+            }
+        }
+        if let Some(limit) = self.backlog {
+            if let Some(messages) = limit.max_messages {
+                check_range(
+                    "TopicConfig::backlog_limit max_messages",
+                    messages,
+                    1,
+                    u64::MAX,
+                )?;
+            }
+            if let Some(bytes) = limit.max_bytes {
+                check_range("TopicConfig::backlog_limit max_bytes", bytes, 1, u64::MAX)?;
+            }
+            if let WhenFull::Block { timeout } = limit.when_full {
+                check_duration(
+                    "TopicConfig::backlog_limit timeout",
+                    timeout,
+                    Duration::ZERO,
+                    Duration::from_secs(24 * 3600),
+                )?;
+            }
+        }
         if let Some(max) = self.max_deliveries {
             check_range("TopicConfig::max_deliveries", u64::from(max), 1, 10_000)?;
             if self.dead_letter_topic.is_none() {

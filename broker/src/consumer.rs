@@ -61,7 +61,7 @@ pub struct Consumer {
     /// buffer ran dry before the next batch's flush round finished, so a fast consumer
     /// amortizes one fsync over more deliveries while a slow one holds few leases.
     batch_size: usize,
-    _broker: Broker,
+    broker: Broker,
 }
 
 /// A fetched batch waiting for the flush round that makes its attempt counts durable.
@@ -85,7 +85,7 @@ impl Consumer {
             generation,
             ahead: None,
             batch_size,
-            _broker: broker,
+            broker,
         }
     }
 
@@ -271,7 +271,7 @@ impl Consumer {
         Ok(self
             .buffer
             .pop_front()
-            .map(|leased| Delivery::new(Arc::clone(&self.group), leased)))
+            .map(|leased| Delivery::new(Arc::clone(&self.group), self.broker.clone(), leased)))
     }
 
     fn drop_stale(&mut self) {
@@ -334,12 +334,16 @@ pub struct Delivery {
     attempt: u32,
     epoch: u64,
     settled: bool,
+    /// Keeps the flusher running until the delivery is settled, so that a settle after the
+    /// last broker handle and consumer are dropped still reaches storage.
+    _broker: Broker,
 }
 
 impl Delivery {
-    fn new(group: Arc<Group>, leased: Leased) -> Self {
+    fn new(group: Arc<Group>, broker: Broker, leased: Leased) -> Self {
         Delivery {
             group,
+            _broker: broker,
             message: leased.message,
             partition: leased.partition,
             offset: leased.offset,

@@ -118,6 +118,24 @@ pub enum Error {
         limit: usize,
     },
 
+    /// A publish would exceed the topic's backlog limit.
+    #[error(
+        "backlog of topic {topic:?} is full ({messages} messages, {bytes} bytes; limit \
+         {limit}){waited}; consume or acknowledge faster, raise the limit, or retry later"
+    )]
+    BacklogFull {
+        /// The topic name.
+        topic: String,
+        /// Backlog messages when the publish gave up.
+        messages: u64,
+        /// Backlog bytes when the publish gave up.
+        bytes: u64,
+        /// The configured limit, formatted.
+        limit: String,
+        /// How long the publish waited, formatted, or empty when it did not wait.
+        waited: String,
+    },
+
     /// A header name is empty or uses the prefix the broker reserves.
     #[error("invalid header name {name:?}: {reason}")]
     InvalidHeader {

@@ -16,6 +16,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -25,7 +26,7 @@ use crate::config::{Durability, OrderingMode};
 use crate::error::{Error, Result};
 use crate::flusher::Flusher;
 use crate::hash::key_hash;
-use crate::log::{Run, TopicLog};
+use crate::log::{GroupFloor, Run, TopicLog};
 use crate::message::DeadLetterInfo;
 use crate::record::{CursorRecord, StoredMessage};
 use crate::storage::{BlockWrite, CursorWrite, Storage};
@@ -64,6 +65,12 @@ pub(crate) struct Group {
     storage: Arc<Storage>,
     durability: Durability,
     state: Mutex<GroupState>,
+    /// Committed offsets shared with the topic for retention and backlog.
+    pub floor: Arc<GroupFloor>,
+    /// Redeliveries handed out since open.
+    pub redeliveries: AtomicU64,
+    /// Messages moved to the dead-letter topic since open.
+    pub dead_letters: AtomicU64,
 }
 
 struct GroupState {
@@ -149,6 +156,11 @@ impl Group {
                 .count();
             partitions.push(cursor);
         }
+        let committed: Vec<u64> = partitions.iter().map(|cursor| cursor.committed).collect();
+        let floor = parts.topic.floor(&parts.name, || committed.clone());
+        for (partition, committed) in committed.into_iter().enumerate() {
+            floor.set(partition as u32, committed);
+        }
         if restored > 0 {
             tracing::info!(
                 topic = %parts.topic.name,
@@ -175,7 +187,39 @@ impl Group {
                 rotation: 0,
                 max_unacked: parts.max_unacked,
             }),
+            floor,
+            redeliveries: AtomicU64::new(0),
+            dead_letters: AtomicU64::new(0),
         })
+    }
+
+    /// Publishes a partition's committed offset to the topic, waking publishers that wait for
+    /// backlog room when it moved.
+    fn share_committed(&self, partition: usize, committed: u64) {
+        let before = self.floor.get(partition as u32);
+        if committed > before {
+            self.floor.set(partition as u32, committed);
+            if self.topic.config.backlog.is_some() {
+                self.topic.space.bump();
+            }
+        }
+    }
+
+    /// Drops offsets below `low` that retention removed, and returns how many of them this
+    /// group had not settled.
+    pub fn truncate(&self, partition: u32, low: u64) -> u64 {
+        let mut state = self.state.lock();
+        let Some(cursor) = state.partitions.get_mut(partition as usize) else {
+            return 0;
+        };
+        let removed = cursor.truncate(low);
+        let committed = cursor.committed;
+        // Consumers drop buffered deliveries from an older generation, and some of theirs
+        // may be among the removed offsets.
+        state.generation += 1;
+        drop(state);
+        self.share_committed(partition as usize, committed);
+        removed
     }
 
     /// Adds a member; in per-partition mode partitions are reassigned.
@@ -261,6 +305,7 @@ impl Group {
             if state.partitions[partition].dirty {
                 self.write_cursor(&mut state, partition)?;
             }
+            self.share_committed(partition, state.partitions[partition].committed);
         }
         Ok(fetched)
     }
@@ -275,6 +320,18 @@ impl Group {
         fetched: &mut Fetched,
     ) -> Result<()> {
         let max_unacked = state.max_unacked;
+        let low = self.topic.extent(partition as u32).low;
+        let skipped = state.partitions[partition].skip_removed(low);
+        if skipped > 0 {
+            tracing::debug!(
+                topic = %self.topic.name,
+                group = %self.name,
+                partition,
+                skipped,
+                low,
+                "skipped offsets that retention removed before this group loaded them"
+            );
+        }
         state.partitions[partition].fill(&self.topic, partition as u32, max_unacked)?;
 
         let wanted = max.saturating_sub(fetched.leased.len());
@@ -303,6 +360,7 @@ impl Group {
             slot.epoch = epoch;
             slot.lease = Some(Lease { consumer, deadline });
             if slot.attempts > 1 {
+                self.redeliveries.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(
                     topic = %self.topic.name,
                     group = %self.name,
@@ -452,7 +510,9 @@ impl Group {
                 self.dead_letter_slot(&mut state, index, offset, reason)?;
             }
         }
+        let committed = state.partitions[index].committed;
         drop(state);
+        self.share_committed(index, committed);
         if wake {
             self.topic.signal.bump();
         }
@@ -573,7 +633,7 @@ impl Group {
 
         cursor.settle(offset);
         let record = cursor.record();
-        let receipt = dead_letter.append_with(target_partition, copy, |base, bytes| {
+        let receipt = dead_letter.append_with(target_partition, copy, |base, bytes, index| {
             let block = BlockWrite {
                 topic_id: dead_letter.id,
                 partition: target_partition,
@@ -586,9 +646,10 @@ impl Group {
                 group: &self.name,
                 record: &record,
             };
-            self.storage.put_dead_letter(block, cursor_write)
+            self.storage.put_dead_letter(block, index, cursor_write)
         })?;
         cursor.dirty = false;
+        self.dead_letters.fetch_add(1, Ordering::Relaxed);
         dead_letter.signal.bump();
         tracing::warn!(
             topic = %self.topic.name,
@@ -718,17 +779,70 @@ impl PartitionCursor {
         };
         slot.settled = true;
         slot.lease = None;
+        let key_hash = slot.key_hash;
         self.ready.remove(&offset);
-        if let Some(hash) = slot.key_hash {
-            if let Some(queue) = self.key_queues.get_mut(&hash) {
-                queue.retain(|queued| *queued != offset);
-                if queue.is_empty() {
-                    self.key_queues.remove(&hash);
+        self.forget_key(offset, key_hash);
+        self.dirty = true;
+        self.advance();
+    }
+
+    /// Moves the next offset to load up to `low` when retention removed offsets that were never
+    /// loaded; returns how many were skipped.
+    fn skip_removed(&mut self, low: u64) -> u64 {
+        if self.loaded >= low {
+            return 0;
+        }
+        let skipped = low - self.loaded;
+        self.recovered = self.recovered.split_off(&low);
+        self.loaded = low;
+        self.run = None;
+        self.advance();
+        skipped
+    }
+
+    /// Drops every offset below `low`, loaded or not; returns how many were unsettled.
+    fn truncate(&mut self, low: u64) -> u64 {
+        let mut unsettled = 0;
+        let below: Vec<u64> = self
+            .window
+            .range(..low)
+            .map(|(offset, _)| *offset)
+            .collect();
+        for offset in below {
+            if let Some(slot) = self.window.remove(&offset) {
+                if !slot.settled {
+                    unsettled += 1;
+                    self.ready.remove(&offset);
+                    self.forget_key(offset, slot.key_hash);
                 }
             }
         }
-        self.dirty = true;
+        if self.loaded < low {
+            let skipped_recovered = self
+                .recovered
+                .range(..low)
+                .filter(|(_, (_, settled))| *settled)
+                .count();
+            unsettled += low - self.loaded - skipped_recovered as u64;
+            self.recovered = self.recovered.split_off(&low);
+            self.loaded = low;
+            self.run = None;
+        }
+        if unsettled > 0 {
+            self.dirty = true;
+        }
         self.advance();
+        unsettled
+    }
+
+    fn forget_key(&mut self, offset: u64, key_hash: Option<u64>) {
+        let Some(hash) = key_hash else { return };
+        if let Some(queue) = self.key_queues.get_mut(&hash) {
+            queue.retain(|queued| *queued != offset);
+            if queue.is_empty() {
+                self.key_queues.remove(&hash);
+            }
+        }
     }
 
     /// Drops settled offsets from the front of the window and moves `committed` up.

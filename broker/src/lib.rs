@@ -48,12 +48,14 @@ mod message;
 mod name;
 mod record;
 mod signal;
+mod stats;
 mod storage;
 
 pub use crate::broker::Broker;
 pub use crate::clock::{Clock, ManualClock, SystemClock};
 pub use crate::config::{
-    BrokerConfig, ConsumerConfig, Durability, OrderingMode, TopicConfig, MAX_MESSAGE_BYTES_LIMIT,
+    BacklogLimit, BrokerConfig, ConsumerConfig, Durability, OrderingMode, Retention, TopicConfig,
+    WhenFull, MAX_MESSAGE_BYTES_LIMIT,
 };
 pub use crate::consumer::{Consumer, Delivery};
 pub use crate::error::{Error, Result};
@@ -61,6 +63,7 @@ pub use crate::hash::{key_hash, partition_for_key};
 pub use crate::message::{DeadLetterInfo, Message, Receipt, RESERVED_HEADER_PREFIX};
 pub use crate::name::MAX_NAME_LEN;
 pub use crate::record::FORMAT_VERSION;
+pub use crate::stats::{GroupPartitionStats, GroupStats, PartitionStats, Stats, TopicStats};
 pub use crate::storage::RESERVED_PREFIX;
 
 /// The README's code examples, compiled and run as doc tests.

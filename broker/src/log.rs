@@ -4,20 +4,30 @@
 //! block. The open block is written to storage as one sled value when it reaches the configured
 //! size or when the flusher runs; readers see messages in the open block at once. The last few
 //! written blocks stay decoded in memory so that consumers near the head do not touch sled.
+//!
+//! Each partition also keeps the index of its stored blocks (base offset, message count, size
+//! and newest timestamp), which gives the low watermark, the stored bytes and the input of
+//! retention without reading a block. Retention removes whole blocks from the front and never
+//! the newest stored block, so the next offset is always recoverable from storage.
+//!
+//! Each group of the topic registers a [`GroupFloor`]: its committed offset per partition.
+//! The minimum over floors decides what `Retention::UntilAcked` may remove and how large the
+//! backlog is.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
 
-use crate::config::TopicConfig;
+use crate::config::{Retention, TopicConfig, WhenFull};
 use crate::dedup::DedupIndex;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::hash::partition_for_key;
 use crate::message::Receipt;
-use crate::record::{self, Block, DedupRecord, Kind, StoredMessage};
+use crate::record::{self, Block, DedupRecord, IndexRecord, Kind, StoredMessage};
 use crate::signal::Signal;
 use crate::storage::{BlockWrite, Storage};
 
@@ -44,6 +54,50 @@ pub(crate) struct TopicLog {
     storage: Arc<Storage>,
     block_bytes: usize,
     dedup: Mutex<DedupIndex>,
+    floors: RwLock<Vec<Arc<GroupFloor>>>,
+    /// Bumped when the backlog shrinks, for publishers blocked on a full backlog.
+    pub space: Signal,
+}
+
+/// A group's committed offsets in one topic, shared by the group and the topic.
+pub(crate) struct GroupFloor {
+    pub group: String,
+    pub committed: Vec<AtomicU64>,
+    /// Messages that retention removed before this group acknowledged them, since open.
+    pub unconsumed_removals: AtomicU64,
+}
+
+impl GroupFloor {
+    pub fn new(group: String, committed: Vec<u64>) -> Self {
+        GroupFloor {
+            group,
+            committed: committed.into_iter().map(AtomicU64::new).collect(),
+            unconsumed_removals: AtomicU64::new(0),
+        }
+    }
+
+    pub fn get(&self, partition: u32) -> u64 {
+        self.committed[partition as usize].load(Ordering::Acquire)
+    }
+
+    pub fn set(&self, partition: u32, committed: u64) {
+        self.committed[partition as usize].fetch_max(committed, Ordering::AcqRel);
+    }
+}
+
+/// What the index records about one stored block.
+#[derive(Clone, Copy, Debug)]
+struct BlockMeta {
+    base: u64,
+    count: u64,
+    bytes: u64,
+    last_timestamp_ms: u64,
+}
+
+impl BlockMeta {
+    fn end(&self) -> u64 {
+        self.base + self.count
+    }
 }
 
 #[derive(Default)]
@@ -55,6 +109,31 @@ struct PartitionLog {
     open: Vec<Arc<StoredMessage>>,
     open_bytes: usize,
     recent: VecDeque<Run>,
+    /// Stored blocks in offset order.
+    blocks: VecDeque<BlockMeta>,
+    stored_bytes: u64,
+}
+
+impl PartitionLog {
+    fn low_watermark(&self) -> u64 {
+        self.blocks
+            .front()
+            .map_or(self.open_base, |block| block.base)
+    }
+
+    fn push_block(&mut self, meta: BlockMeta) {
+        self.stored_bytes += meta.bytes;
+        self.blocks.push_back(meta);
+    }
+}
+
+/// A partition's watermarks and size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PartitionExtent {
+    pub low: u64,
+    pub high: u64,
+    pub stored_bytes: u64,
+    pub open_bytes: u64,
 }
 
 #[derive(Serialize)]
@@ -79,18 +158,20 @@ impl TopicLog {
 
         let mut partitions = Vec::with_capacity(config.partitions as usize);
         for partition in 0..config.partitions {
-            let next_offset = match storage.last_block(id, partition)? {
-                Some((base, bytes)) => {
-                    let block = decode_block(&bytes, id, partition, base)?;
-                    base + block.messages.len() as u64
-                }
-                None => 0,
-            };
-            partitions.push(Mutex::new(PartitionLog {
-                next_offset,
-                open_base: next_offset,
-                ..PartitionLog::default()
-            }));
+            let describe = |base: u64, bytes: &[u8]| describe_block(bytes, id, partition, base);
+            let entries = storage.reconcile_index(id, partition, describe)?;
+            let mut log = PartitionLog::default();
+            for (base, entry) in entries {
+                log.push_block(BlockMeta {
+                    base,
+                    count: u64::from(entry.count),
+                    bytes: entry.bytes,
+                    last_timestamp_ms: entry.last_timestamp_ms,
+                });
+            }
+            log.next_offset = log.blocks.back().map_or(0, BlockMeta::end);
+            log.open_base = log.next_offset;
+            partitions.push(Mutex::new(log));
         }
         Ok(TopicLog {
             name,
@@ -102,7 +183,169 @@ impl TopicLog {
             storage,
             block_bytes,
             dedup: Mutex::new(dedup),
+            floors: RwLock::new(Vec::new()),
+            space: Signal::default(),
         })
+    }
+
+    /// Returns the floor of `group`, registering one with `committed` if it has none yet.
+    pub fn floor(&self, group: &str, committed: impl FnOnce() -> Vec<u64>) -> Arc<GroupFloor> {
+        if let Some(floor) = self.floors.read().iter().find(|floor| floor.group == group) {
+            return Arc::clone(floor);
+        }
+        let mut floors = self.floors.write();
+        if let Some(floor) = floors.iter().find(|floor| floor.group == group) {
+            return Arc::clone(floor);
+        }
+        let floor = Arc::new(GroupFloor::new(group.to_string(), committed()));
+        floors.push(Arc::clone(&floor));
+        floor
+    }
+
+    /// Returns the registered group floors.
+    pub fn floors(&self) -> Vec<Arc<GroupFloor>> {
+        self.floors.read().clone()
+    }
+
+    /// Returns the lowest committed offset of any group in `partition`, or `None` without
+    /// groups.
+    fn min_committed(&self, partition: u32) -> Option<u64> {
+        self.floors
+            .read()
+            .iter()
+            .map(|floor| floor.get(partition))
+            .min()
+    }
+
+    /// Returns a partition's watermarks and size.
+    pub fn extent(&self, partition: u32) -> PartitionExtent {
+        let log = self.partitions[partition as usize].lock();
+        PartitionExtent {
+            low: log.low_watermark(),
+            high: log.next_offset,
+            stored_bytes: log.stored_bytes,
+            open_bytes: log.open_bytes as u64,
+        }
+    }
+
+    /// Returns the backlog in messages and bytes: what the slowest group has not acknowledged,
+    /// or everything retained without groups. Bytes count whole stored blocks that still hold
+    /// backlog, plus the open blocks.
+    pub fn backlog(&self) -> (u64, u64) {
+        let mut messages = 0;
+        let mut bytes = 0;
+        for (partition, log) in self.partitions.iter().enumerate() {
+            let committed = self.min_committed(partition as u32);
+            let log = log.lock();
+            let floor = committed.unwrap_or(0).max(log.low_watermark());
+            messages += log.next_offset.saturating_sub(floor);
+            bytes += log.open_bytes as u64;
+            bytes += log
+                .blocks
+                .iter()
+                .filter(|b| b.end() > floor)
+                .map(|b| b.bytes)
+                .sum::<u64>();
+        }
+        (messages, bytes)
+    }
+
+    /// Waits for room for `count` messages of `bytes` bytes under the topic's backlog limit,
+    /// or fails with `BacklogFull` as the limit's `when_full` says.
+    pub fn reserve(&self, count: u64, bytes: u64) -> Result<()> {
+        let Some(limit) = self.config.backlog else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        loop {
+            let seen = self.space.seq();
+            let (messages, backlog_bytes) = self.backlog();
+            let over_messages = limit.max_messages.is_some_and(|max| messages + count > max);
+            let over_bytes = limit
+                .max_bytes
+                .is_some_and(|max| backlog_bytes + bytes > max);
+            if !over_messages && !over_bytes {
+                return Ok(());
+            }
+            let remaining = match limit.when_full {
+                WhenFull::Reject => None,
+                WhenFull::Block { timeout } => timeout.checked_sub(started.elapsed()),
+            };
+            let Some(remaining) = remaining.filter(|left| !left.is_zero()) else {
+                let waited = match limit.when_full {
+                    WhenFull::Reject => String::new(),
+                    WhenFull::Block { .. } => format!(" after waiting {:?}", started.elapsed()),
+                };
+                tracing::warn!(topic = %self.name, messages, bytes = backlog_bytes, "backlog full");
+                return Err(Error::BacklogFull {
+                    topic: self.name.clone(),
+                    messages,
+                    bytes: backlog_bytes,
+                    limit: format!(
+                        "max_messages={:?} max_bytes={:?}",
+                        limit.max_messages, limit.max_bytes
+                    ),
+                    waited,
+                });
+            };
+            tracing::trace!(topic = %self.name, messages, "publisher waiting for backlog room");
+            self.space.wait(seen, remaining.min(BACKLOG_RECHECK));
+        }
+    }
+
+    /// Removes the leading blocks of every partition that the retention policy no longer
+    /// keeps. Returns `(partition, new low watermark)` for each partition that changed.
+    pub fn enforce_retention(&self, now_ms: u64) -> Result<Vec<(u32, u64)>> {
+        let mut changed = Vec::new();
+        for partition in 0..self.partition_count() {
+            let committed = self.min_committed(partition);
+            let mut log = self.partitions[partition as usize].lock();
+            let mut removed = 0;
+            while log.blocks.len() > 1 {
+                let Some(&front) = log.blocks.front() else {
+                    break;
+                };
+                if !self.retention_removes(&front, &log, committed, now_ms) {
+                    break;
+                }
+                self.storage.remove_block(self.id, partition, front.base)?;
+                log.blocks.pop_front();
+                log.stored_bytes -= front.bytes;
+                removed += 1;
+            }
+            if removed > 0 {
+                let low = log.low_watermark();
+                log.recent
+                    .retain(|(base, run)| base + run.len() as u64 > low);
+                tracing::debug!(topic = %self.name, partition, blocks = removed, low, "retention removed blocks");
+                changed.push((partition, low));
+            }
+        }
+        if !changed.is_empty() {
+            self.space.bump();
+        }
+        Ok(changed)
+    }
+
+    fn retention_removes(
+        &self,
+        block: &BlockMeta,
+        log: &PartitionLog,
+        committed: Option<u64>,
+        now_ms: u64,
+    ) -> bool {
+        match self.config.retention {
+            Retention::Forever => false,
+            Retention::UntilAcked => committed.is_some_and(|committed| block.end() <= committed),
+            Retention::Limits { max_age, max_bytes } => {
+                let too_old = max_age.is_some_and(|age| {
+                    let age_ms = u64::try_from(age.as_millis()).unwrap_or(u64::MAX);
+                    block.last_timestamp_ms.saturating_add(age_ms) <= now_ms
+                });
+                let too_big = max_bytes.is_some_and(|max| log.stored_bytes > max);
+                too_old || too_big
+            }
+        }
     }
 
     pub fn partition_count(&self) -> u32 {
@@ -119,10 +362,16 @@ impl TopicLog {
 
     /// Stores messages and returns one receipt per message, in input order. A message whose id
     /// was published within the dedup window (earlier, or earlier in this batch) is not stored
-    /// and gets the original receipt.
-    pub fn publish(&self, messages: Vec<StoredMessage>, now_ms: u64) -> Result<Vec<Receipt>> {
+    /// and gets the original receipt, unless `deduplicate` is false.
+    pub fn publish(
+        &self,
+        messages: Vec<StoredMessage>,
+        now_ms: u64,
+        deduplicate: bool,
+    ) -> Result<Vec<Receipt>> {
         let window = self.config.dedup_window_ms;
-        if window == 0 || messages.iter().all(|message| message.id.is_none()) {
+        let without_ids = messages.iter().all(|message| message.id.is_none());
+        if !deduplicate || window == 0 || without_ids {
             let positioned = messages.into_iter().enumerate().collect();
             let receipts = self.append_positioned(positioned)?;
             return Ok(receipts.into_iter().map(|(_, receipt)| receipt).collect());
@@ -232,14 +481,20 @@ impl TopicLog {
         &self,
         partition: u32,
         message: StoredMessage,
-        write: impl FnOnce(u64, Vec<u8>) -> Result<()>,
+        write: impl FnOnce(u64, Vec<u8>, &IndexRecord) -> Result<()>,
     ) -> Result<Receipt> {
         let mut log = self.partitions[partition as usize].lock();
         self.seal(partition, &mut log)?;
         let offset = log.next_offset;
         let message = Arc::new(message);
         let bytes = encode_block(std::slice::from_ref(&message))?;
-        write(offset, bytes)?;
+        let index = IndexRecord {
+            count: 1,
+            bytes: bytes.len() as u64,
+            last_timestamp_ms: message.timestamp_ms,
+        };
+        write(offset, bytes, &index)?;
+        log.push_block(meta(offset, &index));
         log.next_offset += 1;
         log.open_base = log.next_offset;
         push_recent(&mut log.recent, (offset, Arc::from(vec![message])));
@@ -261,18 +516,21 @@ impl TopicLog {
         }
         let bytes = encode_block(&log.open)?;
         let dedup = self.dedup_entries(partition, log);
-        if dedup.is_empty() {
-            self.storage
-                .put_block(self.id, partition, log.open_base, bytes)?;
-        } else {
-            let block = BlockWrite {
-                topic_id: self.id,
-                partition,
-                base: log.open_base,
-                bytes,
-            };
-            self.storage.put_block_with_dedup(block, &dedup)?;
-        }
+        let last_timestamp_ms = log.open.iter().map(|message| message.timestamp_ms).max();
+        let index = IndexRecord {
+            count: log.open.len() as u32,
+            bytes: bytes.len() as u64,
+            last_timestamp_ms: last_timestamp_ms.unwrap_or(0),
+        };
+        let block = BlockWrite {
+            topic_id: self.id,
+            partition,
+            base: log.open_base,
+            bytes,
+        };
+        self.storage.put_block(block, &index, &dedup)?;
+        let block_meta = meta(log.open_base, &index);
+        log.push_block(block_meta);
         let messages: Arc<[Arc<StoredMessage>]> = Arc::from(std::mem::take(&mut log.open));
         push_recent(&mut log.recent, (log.open_base, messages));
         log.open_base = log.next_offset;
@@ -301,6 +559,15 @@ impl TopicLog {
     /// Returns the next offset to be assigned in `partition` (the high watermark).
     pub fn end_offset(&self, partition: u32) -> u64 {
         self.partitions[partition as usize].lock().next_offset
+    }
+
+    /// Returns the publish time of the message at `offset`, if it is retained.
+    pub fn timestamp_at(&self, partition: u32, offset: u64) -> Result<Option<u64>> {
+        let Some((base, run)) = self.read(partition, offset)? else {
+            return Ok(None);
+        };
+        let index = (offset - base) as usize;
+        Ok(run.get(index).map(|message| message.timestamp_ms))
     }
 
     /// Returns a run of messages that starts at `offset`, or `None` if `offset` is at or past
@@ -342,6 +609,34 @@ impl TopicLog {
         }
         Ok(Some((base, messages)))
     }
+}
+
+/// Time a publisher blocked on a full backlog waits before it checks again, in case a wake-up
+/// was missed.
+const BACKLOG_RECHECK: Duration = Duration::from_millis(100);
+
+fn meta(base: u64, index: &IndexRecord) -> BlockMeta {
+    BlockMeta {
+        base,
+        count: u64::from(index.count),
+        bytes: index.bytes,
+        last_timestamp_ms: index.last_timestamp_ms,
+    }
+}
+
+/// Reads a stored block's index entry from its bytes, for index repair after a crash.
+fn describe_block(bytes: &[u8], topic_id: u32, partition: u32, base: u64) -> Result<IndexRecord> {
+    let block = decode_block(bytes, topic_id, partition, base)?;
+    let last_timestamp_ms = block
+        .messages
+        .iter()
+        .map(|message| message.timestamp_ms)
+        .max();
+    Ok(IndexRecord {
+        count: block.messages.len() as u32,
+        bytes: bytes.len() as u64,
+        last_timestamp_ms: last_timestamp_ms.unwrap_or(0),
+    })
 }
 
 fn contains(base: u64, run: &[Arc<StoredMessage>], offset: u64) -> bool {

@@ -24,6 +24,7 @@ pub(crate) enum Kind {
     GroupMeta = 4,
     GroupCursor = 5,
     Dedup = 6,
+    Index = 7,
 }
 
 /// One stored message inside a block.
@@ -44,6 +45,17 @@ pub(crate) struct StoredMessage {
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Block {
     pub messages: Vec<StoredMessage>,
+}
+
+/// What the index stores about one block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct IndexRecord {
+    /// Number of messages in the block.
+    pub count: u32,
+    /// Size of the stored block value in bytes.
+    pub bytes: u64,
+    /// Publish time of the block's newest message, in milliseconds since the Unix epoch.
+    pub last_timestamp_ms: u64,
 }
 
 /// Where the first message with a given id was stored, for deduplication.

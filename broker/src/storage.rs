@@ -6,6 +6,10 @@
 //!   entries keyed by topic id, the marker partition `u32::MAX` and the message id. Both live
 //!   in one tree so that a block and its dedup entries are written in one atomic sled batch.
 //! - `__aqueduct.groups`: cursor records keyed by topic id, partition and group name.
+//! - `__aqueduct.index`: one small record per block (message count, size, newest timestamp),
+//!   keyed like the block, so that opening a topic and enforcing retention read no block.
+//!   An index entry is written after its block and removed before it; `reconcile_index`
+//!   repairs the difference a crash can leave between the two.
 //!
 //! Keys are big-endian so that sled's byte order is numeric order. `docs/FORMAT.md` describes
 //! the layout. After a failed write or flush the store is poisoned: every later write returns
@@ -17,6 +21,7 @@ use std::fs::File;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -24,7 +29,8 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 
 use crate::error::{Error, Result};
 use crate::record::{
-    self, CursorRecord, DedupRecord, GroupMetaRecord, Kind, TopicRecord, FORMAT_VERSION,
+    self, CursorRecord, DedupRecord, GroupMetaRecord, IndexRecord, Kind, TopicRecord,
+    FORMAT_VERSION,
 };
 
 /// Prefix of every tree the broker owns; application trees may not use it.
@@ -33,6 +39,13 @@ pub const RESERVED_PREFIX: &str = "__aqueduct";
 const META_TREE: &str = "__aqueduct.meta";
 const LOG_TREE: &str = "__aqueduct.log";
 const GROUPS_TREE: &str = "__aqueduct.groups";
+
+/// How long opening keeps retrying a database whose lock is held. sled 0.34 finishes log writes
+/// and file truncations on its own thread pool, and those jobs keep the database file, and with
+/// it the lock, open for a moment after the last handle is dropped. The bound is an estimate.
+const LOCK_RETRY: Duration = Duration::from_secs(1);
+const LOCK_RETRY_INTERVAL: Duration = Duration::from_millis(10);
+const INDEX_TREE: &str = "__aqueduct.index";
 
 const FORMAT_KEY: &[u8] = b"format";
 const TOPIC_PREFIX: &[u8] = b"topic/";
@@ -49,6 +62,7 @@ pub(crate) struct Storage {
     meta: sled::Tree,
     log: sled::Tree,
     groups: sled::Tree,
+    index: sled::Tree,
     /// The database file, kept open to fsync it after sled's flush.
     db_file: Option<File>,
     path: Option<PathBuf>,
@@ -89,6 +103,7 @@ impl Storage {
             meta: db.open_tree(META_TREE)?,
             log: db.open_tree(LOG_TREE)?,
             groups: db.open_tree(GROUPS_TREE)?,
+            index: db.open_tree(INDEX_TREE)?,
             db,
             db_file,
             path,
@@ -171,6 +186,17 @@ impl Storage {
         }
     }
 
+    /// Returns the metadata of every group of a topic.
+    pub fn list_group_meta(&self, topic_id: u32) -> Result<Vec<GroupMetaRecord>> {
+        let prefix = group_meta_key(topic_id, "");
+        let mut groups = Vec::new();
+        for item in self.meta.scan_prefix(&prefix) {
+            let (key, value) = item?;
+            groups.push(record::decode(META_TREE, &key, Kind::GroupMeta, &value)?);
+        }
+        Ok(groups)
+    }
+
     pub fn put_group_meta(&self, topic_id: u32, meta: &GroupMetaRecord) -> Result<()> {
         self.check_writable()?;
         let bytes = record::encode(Kind::GroupMeta, meta)?;
@@ -181,41 +207,100 @@ impl Storage {
         self.guard(result)
     }
 
-    /// Writes an encoded block whose first message has offset `base`.
+    /// Writes an encoded block, the dedup entries of its messages (in one atomic sled batch
+    /// with the block) and then its index entry.
     pub fn put_block(
         &self,
-        topic_id: u32,
-        partition: u32,
-        base: u64,
-        block: Vec<u8>,
-    ) -> Result<()> {
-        self.check_writable()?;
-        let result = self
-            .log
-            .insert(block_key(topic_id, partition, base), block)
-            .map(drop);
-        self.guard(result)
-    }
-
-    /// Writes an encoded block and the dedup entries of its messages in one atomic sled batch.
-    pub fn put_block_with_dedup(
-        &self,
         block: BlockWrite,
+        index: &IndexRecord,
         dedup: &[(String, DedupRecord)],
     ) -> Result<()> {
         self.check_writable()?;
-        let mut batch = sled::Batch::default();
-        batch.insert(
-            &block_key(block.topic_id, block.partition, block.base),
-            block.bytes,
-        );
-        for (id, entry) in dedup {
-            batch.insert(
-                dedup_key(block.topic_id, id),
-                record::encode(Kind::Dedup, entry)?,
-            );
+        let key = block_key(block.topic_id, block.partition, block.base);
+        let result = if dedup.is_empty() {
+            self.log.insert(key, block.bytes).map(drop)
+        } else {
+            let mut batch = sled::Batch::default();
+            batch.insert(&key, block.bytes);
+            for (id, entry) in dedup {
+                batch.insert(
+                    dedup_key(block.topic_id, id),
+                    record::encode(Kind::Dedup, entry)?,
+                );
+            }
+            self.log.apply_batch(batch)
+        };
+        self.guard(result)?;
+        let index_bytes = record::encode(Kind::Index, index)?;
+        let result = self.index.insert(key, index_bytes).map(drop);
+        self.guard(result)
+    }
+
+    /// Returns a partition's index entries in offset order.
+    pub fn load_index(&self, topic_id: u32, partition: u32) -> Result<Vec<(u64, IndexRecord)>> {
+        let start = block_key(topic_id, partition, 0);
+        let end = block_key(topic_id, partition, u64::MAX);
+        let mut entries = Vec::new();
+        for item in self.index.range(start..=end) {
+            let (key, value) = item?;
+            let base = block_base(&key)?;
+            entries.push((base, record::decode(INDEX_TREE, &key, Kind::Index, &value)?));
         }
-        let result = self.log.apply_batch(batch);
+        Ok(entries)
+    }
+
+    /// Makes a partition's index match its blocks after a crash: blocks after the last indexed
+    /// one get entries (`describe` reads count and newest timestamp from a block's bytes), and
+    /// blocks before the first indexed one, left by an interrupted removal, are removed.
+    /// Returns the repaired index.
+    pub fn reconcile_index(
+        &self,
+        topic_id: u32,
+        partition: u32,
+        describe: impl Fn(u64, &[u8]) -> Result<IndexRecord>,
+    ) -> Result<Vec<(u64, IndexRecord)>> {
+        let mut entries = self.load_index(topic_id, partition)?;
+        let first_indexed = entries.first().map(|(base, _)| *base);
+        let resume_from = entries.last().map_or(0, |(base, _)| base + 1);
+
+        if let Some(first) = first_indexed {
+            let start = block_key(topic_id, partition, 0);
+            let end = block_key(topic_id, partition, first);
+            for item in self.log.range(start..end) {
+                let (key, _) = item?;
+                tracing::info!(
+                    topic_id,
+                    partition,
+                    "removing a block whose removal was interrupted"
+                );
+                let result = self.log.remove(key).map(drop);
+                self.guard(result)?;
+            }
+        }
+
+        let start = block_key(topic_id, partition, resume_from);
+        let end = block_key(topic_id, partition, u64::MAX);
+        for item in self.log.range(start..=end) {
+            let (key, value) = item?;
+            let base = block_base(&key)?;
+            let entry = describe(base, &value)?;
+            let result = self
+                .index
+                .insert(&key, record::encode(Kind::Index, &entry)?)
+                .map(drop);
+            self.guard(result)?;
+            entries.push((base, entry));
+        }
+        Ok(entries)
+    }
+
+    /// Removes a block: first its index entry, then the block.
+    pub fn remove_block(&self, topic_id: u32, partition: u32, base: u64) -> Result<()> {
+        self.check_writable()?;
+        let key = block_key(topic_id, partition, base);
+        let result = self.index.remove(key).map(drop);
+        self.guard(result)?;
+        let result = self.log.remove(key).map(drop);
         self.guard(result)
     }
 
@@ -265,11 +350,6 @@ impl Storage {
         }
     }
 
-    /// Returns the base offset and raw bytes of a partition's last block, if any.
-    pub fn last_block(&self, topic_id: u32, partition: u32) -> Result<Option<(u64, sled::IVec)>> {
-        self.block_containing(topic_id, partition, u64::MAX)
-    }
-
     pub fn load_cursor(
         &self,
         topic_id: u32,
@@ -306,13 +386,21 @@ impl Storage {
 
     /// Writes a dead-letter block and the source group's cursor in one sled transaction, so the
     /// message is either in the dead-letter topic and settled in its group, or neither.
-    pub fn put_dead_letter(&self, block: BlockWrite, cursor: CursorWrite<'_>) -> Result<()> {
+    pub fn put_dead_letter(
+        &self,
+        block: BlockWrite,
+        index: &IndexRecord,
+        cursor: CursorWrite<'_>,
+    ) -> Result<()> {
         self.check_writable()?;
         let block_key = block_key(block.topic_id, block.partition, block.base);
+        let index_bytes = record::encode(Kind::Index, index)?;
         let cursor_key = cursor_key(cursor.topic_id, cursor.partition, cursor.group);
         let cursor_bytes = record::encode(Kind::GroupCursor, cursor.record)?;
-        let result = (&self.log, &self.groups).transaction(|(log, groups)| {
+        let trees = (&self.log, &self.index, &self.groups);
+        let result = trees.transaction(|(log, index, groups)| {
             log.insert(block_key.as_slice(), block.bytes.as_slice())?;
+            index.insert(block_key.as_slice(), index_bytes.as_slice())?;
             groups.insert(cursor_key.as_slice(), cursor_bytes.as_slice())?;
             Ok::<(), ConflictableTransactionError<()>>(())
         });
@@ -439,13 +527,25 @@ pub(crate) struct CursorWrite<'a> {
     pub record: &'a CursorRecord,
 }
 
-/// Opens sled, turning a held lock into [`Error::Locked`] and a panic inside sled (which sled
-/// 0.34 raises on some corrupt files) into [`Error::Corrupt`].
+/// Opens sled, turning a lock still held after [`LOCK_RETRY`] into [`Error::Locked`] and a panic
+/// inside sled (which sled 0.34 raises on some corrupt files) into [`Error::Corrupt`].
 fn open_guarded(path: &Path, config: &sled::Config) -> Result<sled::Db> {
     std::fs::create_dir_all(path).map_err(|source| Error::Io {
         path: path.to_path_buf(),
         source,
     })?;
+    let deadline = Instant::now() + LOCK_RETRY;
+    loop {
+        match open_once(path, config) {
+            Err(Error::Locked { .. }) if Instant::now() < deadline => {
+                std::thread::sleep(LOCK_RETRY_INTERVAL);
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+fn open_once(path: &Path, config: &sled::Config) -> Result<sled::Db> {
     let outcome = catch_unwind(AssertUnwindSafe(|| config.open()));
     match outcome {
         Ok(Ok(db)) => Ok(db),
