@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::flusher::Flusher;
 use crate::group::{Group, GroupParts};
 use crate::log::{GroupFloor, TopicLog};
-use crate::message::{Message, Receipt};
+use crate::message::{Message, PeekedMessage, Receipt};
 use crate::name::validate_name;
 use crate::record::{GroupMetaRecord, StoredMessage, TopicRecord};
 use crate::stats::{GroupPartitionStats, GroupStats, PartitionStats, Stats, TopicStats};
@@ -247,17 +247,7 @@ impl Broker {
     /// [`Error::TopicNotFound`], or [`Error::InvalidConfig`] for a partition out of range.
     pub fn end_offset(&self, topic: &str, partition: u32) -> Result<u64> {
         let topic = self.inner.shared.topic(topic)?;
-        if partition >= topic.partition_count() {
-            return Err(Error::InvalidConfig {
-                setting: "partition",
-                value: partition.to_string(),
-                expected: format!(
-                    "a partition below {} for topic {:?}",
-                    topic.partition_count(),
-                    topic.name
-                ),
-            });
-        }
+        check_partition(&topic, partition)?;
         Ok(topic.end_offset(partition))
     }
 
@@ -429,6 +419,48 @@ impl Broker {
         Ok(stats)
     }
 
+    /// Returns up to `max` retained messages of `partition` of `topic`, starting at `offset`
+    /// (or at the low watermark, if that is higher), without consuming them.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TopicNotFound`], [`Error::InvalidConfig`] for a partition out of range, storage
+    /// failures.
+    pub fn peek(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max: usize,
+    ) -> Result<Vec<PeekedMessage>> {
+        let topic = self.inner.shared.topic(topic)?;
+        check_partition(&topic, partition)?;
+        let messages = topic.peek(partition, offset, max)?;
+        Ok(messages
+            .into_iter()
+            .map(|(offset, message)| PeekedMessage::new(partition, offset, &message))
+            .collect())
+    }
+
+    /// Removes every message of `topic` and moves every group past them; returns how many
+    /// messages were removed. Offsets continue where they were. Groups count the removed
+    /// messages they had not acknowledged in `unconsumed_removals`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TopicNotFound`], storage failures.
+    pub fn purge_topic(&self, topic: &str) -> Result<u64> {
+        let shared = &self.inner.shared;
+        let topic = shared.topic(topic)?;
+        let mut total = 0;
+        for (partition, low, removed) in topic.purge()? {
+            shared.settle_removed(&topic, partition, low)?;
+            total += removed;
+        }
+        self.flush()?;
+        Ok(total)
+    }
+
     /// Removes the messages that each topic's retention policy no longer keeps, now rather than
     /// at the flusher's next retention pass.
     ///
@@ -590,34 +622,39 @@ impl Shared {
         let now = self.config.clock.now_ms();
         for topic in topics {
             for (partition, low) in topic.enforce_retention(now)? {
-                for floor in topic.floors() {
-                    if floor.get(partition) >= low {
-                        continue;
-                    }
-                    let loaded = self
-                        .groups
-                        .lock()
-                        .get(&(topic.name.clone(), floor.group.clone()))
-                        .cloned();
-                    let removed = match loaded {
-                        Some(group) => group.truncate(partition, low),
-                        None => self.unsettled_below(&topic, partition, &floor.group, low)?,
-                    };
-                    floor.set(partition, low);
-                    if removed > 0 {
-                        floor
-                            .unconsumed_removals
-                            .fetch_add(removed, Ordering::Relaxed);
-                        tracing::warn!(
-                            topic = %topic.name,
-                            group = %floor.group,
-                            partition,
-                            removed,
-                            low,
-                            "retention removed messages this group had not acknowledged"
-                        );
-                    }
-                }
+                self.settle_removed(&topic, partition, low)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves every group of `topic` past offsets below `low` in `partition`, which retention or
+    /// a purge removed: loaded groups drop them from their windows, and each group counts and
+    /// logs the ones it had not acknowledged.
+    fn settle_removed(&self, topic: &TopicLog, partition: u32, low: u64) -> Result<()> {
+        for floor in topic.floors() {
+            if floor.get(partition) >= low {
+                continue;
+            }
+            let key = (topic.name.clone(), floor.group.clone());
+            let loaded = self.groups.lock().get(&key).cloned();
+            let removed = match loaded {
+                Some(group) => group.truncate(partition, low),
+                None => self.unsettled_below(topic, partition, &floor.group, low)?,
+            };
+            floor.set(partition, low);
+            if removed > 0 {
+                floor
+                    .unconsumed_removals
+                    .fetch_add(removed, Ordering::Relaxed);
+                tracing::warn!(
+                    topic = %topic.name,
+                    group = %floor.group,
+                    partition,
+                    removed,
+                    low,
+                    "removed messages this group had not acknowledged"
+                );
             }
         }
         Ok(())
@@ -738,6 +775,21 @@ impl Shared {
             topic.signal.bump();
         }
     }
+}
+
+fn check_partition(topic: &TopicLog, partition: u32) -> Result<()> {
+    if partition < topic.partition_count() {
+        return Ok(());
+    }
+    Err(Error::InvalidConfig {
+        setting: "partition",
+        value: partition.to_string(),
+        expected: format!(
+            "a partition below {} for topic {:?}",
+            topic.partition_count(),
+            topic.name
+        ),
+    })
 }
 
 /// Registers the committed offsets of every stored group of `topic`, so that retention and

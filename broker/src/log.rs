@@ -122,6 +122,14 @@ impl PartitionLog {
     }
 
     fn push_block(&mut self, meta: BlockMeta) {
+        // An empty block written by a purge marks the next offset; the next block written at
+        // that offset replaces it in storage.
+        if let Some(last) = self.blocks.back() {
+            if last.base == meta.base && last.count == 0 {
+                self.stored_bytes -= last.bytes;
+                self.blocks.pop_back();
+            }
+        }
         self.stored_bytes += meta.bytes;
         self.blocks.push_back(meta);
     }
@@ -325,6 +333,69 @@ impl TopicLog {
             self.space.bump();
         }
         Ok(changed)
+    }
+
+    /// Removes every message of every partition. Each partition keeps an empty block at its
+    /// next offset, so offsets continue after a restart. Returns `(partition, new low
+    /// watermark, messages removed)` per partition.
+    pub fn purge(&self) -> Result<Vec<(u32, u64, u64)>> {
+        let mut purged = Vec::new();
+        for partition in 0..self.partition_count() {
+            let mut log = self.partitions[partition as usize].lock();
+            self.seal(partition, &mut log)?;
+            let high = log.next_offset;
+            let removed = high - log.low_watermark();
+            if removed == 0 {
+                continue;
+            }
+            let empty: [Arc<StoredMessage>; 0] = [];
+            let bytes = encode_block(&empty)?;
+            let index = IndexRecord {
+                count: 0,
+                bytes: bytes.len() as u64,
+                last_timestamp_ms: 0,
+            };
+            let block = BlockWrite {
+                topic_id: self.id,
+                partition,
+                base: high,
+                bytes,
+            };
+            self.storage.put_block(block, &index, &[])?;
+            while let Some(front) = log.blocks.front().copied() {
+                self.storage.remove_block(self.id, partition, front.base)?;
+                log.blocks.pop_front();
+                log.stored_bytes -= front.bytes;
+            }
+            log.push_block(meta(high, &index));
+            log.recent.clear();
+            tracing::info!(topic = %self.name, partition, removed, "purged partition");
+            purged.push((partition, high, removed));
+        }
+        self.space.bump();
+        Ok(purged)
+    }
+
+    /// Returns up to `max` retained messages of `partition` from `offset` on.
+    pub fn peek(
+        &self,
+        partition: u32,
+        offset: u64,
+        max: usize,
+    ) -> Result<Vec<(u64, Arc<StoredMessage>)>> {
+        let mut messages = Vec::new();
+        let mut next = offset.max(self.extent(partition).low);
+        while messages.len() < max {
+            let Some((base, run)) = self.read(partition, next)? else {
+                break;
+            };
+            let start = (next - base) as usize;
+            for message in run[start..].iter().take(max - messages.len()) {
+                messages.push((next, Arc::clone(message)));
+                next += 1;
+            }
+        }
+        Ok(messages)
     }
 
     fn retention_removes(

@@ -5,6 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::record::StoredMessage;
 
 /// Prefix of header names that the broker reserves.
 pub const RESERVED_HEADER_PREFIX: &str = "aqueduct.";
@@ -168,5 +169,49 @@ impl DeadLetterInfo {
     /// When the message was dead-lettered.
     pub fn dead_lettered_at(&self) -> std::time::SystemTime {
         UNIX_EPOCH + Duration::from_millis(self.dead_lettered_at_ms)
+    }
+}
+
+/// A stored message read with [`Broker::peek`](crate::Broker::peek), outside any group.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct PeekedMessage {
+    /// The partition.
+    pub partition: u32,
+    /// The offset.
+    pub offset: u64,
+    /// Publish time in milliseconds since the Unix epoch.
+    pub timestamp_ms: u64,
+    /// The partition key, if any.
+    pub key: Option<Vec<u8>>,
+    /// The headers in publish order.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// The message id, if any.
+    pub id: Option<String>,
+    /// Earliest delivery time in milliseconds since the Unix epoch, if delayed.
+    pub deliver_at_ms: Option<u64>,
+    /// Origin and reason, for a message in a dead-letter topic.
+    pub dead_letter: Option<DeadLetterInfo>,
+    /// The payload bytes.
+    pub payload: Vec<u8>,
+}
+
+impl PeekedMessage {
+    pub(crate) fn new(partition: u32, offset: u64, message: &StoredMessage) -> Self {
+        PeekedMessage {
+            partition,
+            offset,
+            timestamp_ms: message.timestamp_ms,
+            key: message.key.as_ref().map(|key| key.to_vec()),
+            headers: message
+                .headers
+                .iter()
+                .map(|(name, value)| (name.clone(), value.to_vec()))
+                .collect(),
+            id: message.id.clone(),
+            deliver_at_ms: message.deliver_at_ms,
+            dead_letter: message.dead_letter.clone(),
+            payload: message.payload.clone(),
+        }
     }
 }
