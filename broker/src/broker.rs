@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::flusher::Flusher;
 use crate::group::{Group, GroupParts};
 use crate::log::{GroupFloor, TopicLog};
-use crate::message::{Message, PeekedMessage, Receipt};
+use crate::message::{Message, ParkedKey, PeekedMessage, Receipt};
 use crate::name::validate_name;
 use crate::record::{GroupMetaRecord, StoredMessage, TopicRecord};
 use crate::stats::{GroupPartitionStats, GroupStats, PartitionStats, Stats, TopicStats};
@@ -419,6 +419,44 @@ impl Broker {
         Ok(stats)
     }
 
+    /// Returns the keys that per-key group `group` holds back after dead-lettering one of their
+    /// messages.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TopicNotFound`], storage failures.
+    pub fn parked_keys(&self, topic: &str, group: &str) -> Result<Vec<ParkedKey>> {
+        let shared = &self.inner.shared;
+        let topic = shared.topic(topic)?;
+        let parked = shared.storage.load_parked(topic.id, group)?;
+        Ok(parked.iter().map(ParkedKey::new).collect())
+    }
+
+    /// Releases a parked key, so that group `group` delivers its later messages again; returns
+    /// whether the key was parked. Replay the dead letter first if it should be processed
+    /// before them.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TopicNotFound`], storage failures.
+    pub fn release_key(&self, topic: &str, group: &str, key: &[u8]) -> Result<bool> {
+        let shared = &self.inner.shared;
+        let topic = shared.topic(topic)?;
+        let loaded = shared
+            .groups
+            .lock()
+            .get(&(topic.name.clone(), group.to_string()))
+            .cloned();
+        let released = match loaded {
+            Some(group) => group.release_key(key)?,
+            None => shared.storage.remove_parked(topic.id, group, key)?,
+        };
+        if released {
+            tracing::info!(topic = %topic.name, group, "released parked key");
+        }
+        Ok(released)
+    }
+
     /// Returns up to `max` retained messages of `partition` of `topic`, starting at `offset`
     /// (or at the low watermark, if that is higher), without consuming them.
     ///
@@ -718,6 +756,7 @@ impl Shared {
             redeliveries: loaded.map_or(0, |group| group.redeliveries.load(Ordering::Relaxed)),
             dead_letters: loaded.map_or(0, |group| group.dead_letters.load(Ordering::Relaxed)),
             unconsumed_removals: floor.unconsumed_removals.load(Ordering::Relaxed),
+            parked_keys: self.storage.load_parked(topic.id, &floor.group)?.len() as u64,
         };
         for extent in partitions {
             let index = extent.partition as usize;

@@ -28,7 +28,7 @@ use crate::flusher::Flusher;
 use crate::hash::key_hash;
 use crate::log::{GroupFloor, Run, TopicLog};
 use crate::message::DeadLetterInfo;
-use crate::record::{CursorRecord, StoredMessage};
+use crate::record::{CursorRecord, ParkedRecord, StoredMessage};
 use crate::storage::{BlockWrite, CursorWrite, Storage};
 
 /// A delivery leased by a fetch, not yet wrapped for the application.
@@ -81,6 +81,8 @@ struct GroupState {
     leases: BinaryHeap<Reverse<LeaseEntry>>,
     rotation: usize,
     max_unacked: usize,
+    /// Keys held back after a dead letter, by key hash (per-key mode only).
+    parked: HashMap<u64, ParkedRecord>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -156,6 +158,12 @@ impl Group {
                 .count();
             partitions.push(cursor);
         }
+        let parked: HashMap<u64, ParkedRecord> = parts
+            .storage
+            .load_parked(parts.topic.id, &parts.name)?
+            .into_iter()
+            .map(|record| (key_hash(&record.key), record))
+            .collect();
         let committed: Vec<u64> = partitions.iter().map(|cursor| cursor.committed).collect();
         let floor = parts.topic.floor(&parts.name, || committed.clone());
         for (partition, committed) in committed.into_iter().enumerate() {
@@ -186,6 +194,7 @@ impl Group {
                 leases: BinaryHeap::new(),
                 rotation: 0,
                 max_unacked: parts.max_unacked,
+                parked,
             }),
             floor,
             redeliveries: AtomicU64::new(0),
@@ -335,7 +344,13 @@ impl Group {
         state.partitions[partition].fill(&self.topic, partition as u32, max_unacked)?;
 
         let wanted = max.saturating_sub(fetched.leased.len());
-        let candidates = self.candidates(&state.partitions[partition], now, wanted, fetched);
+        let candidates = self.candidates(
+            &state.partitions[partition],
+            &state.parked,
+            now,
+            wanted,
+            fetched,
+        );
         let ack_timeout = self.topic.config.ack_timeout_ms;
         for offset in candidates {
             if fetched.leased.len() >= max {
@@ -393,6 +408,7 @@ impl Group {
     fn candidates(
         &self,
         cursor: &PartitionCursor,
+        parked: &HashMap<u64, ParkedRecord>,
         now: u64,
         wanted: usize,
         fetched: &mut Fetched,
@@ -416,7 +432,7 @@ impl Group {
             if self.ordering == OrderingMode::PerKey {
                 if let Some(hash) = slot.key_hash {
                     let head = cursor.key_queues.get(&hash).and_then(|queue| queue.front());
-                    if head != Some(&offset) {
+                    if head != Some(&offset) || parked.contains_key(&hash) {
                         continue;
                     }
                 }
@@ -630,6 +646,21 @@ impl Group {
             }),
         };
         let target_partition = dead_letter.choose_partition(copy.key.as_deref().map(|k| &k[..]));
+        // In per-key mode the key stops here, so that later messages of the key do not
+        // overtake the dead-lettered one.
+        let parked = match (&copy.key, slot.key_hash) {
+            (Some(key), Some(hash)) if self.ordering == OrderingMode::PerKey => Some((
+                hash,
+                ParkedRecord {
+                    partition: partition as u32,
+                    offset,
+                    key: key.clone(),
+                    reason: reason.clone(),
+                    parked_at_ms: self.clock.now_ms(),
+                },
+            )),
+            _ => None,
+        };
 
         cursor.settle(offset);
         let record = cursor.record();
@@ -646,9 +677,20 @@ impl Group {
                 group: &self.name,
                 record: &record,
             };
-            self.storage.put_dead_letter(block, index, cursor_write)
+            let parked_record = parked.as_ref().map(|(_, record)| record);
+            self.storage
+                .put_dead_letter(block, index, cursor_write, parked_record)
         })?;
         cursor.dirty = false;
+        if let Some((hash, record)) = parked {
+            tracing::warn!(
+                topic = %self.topic.name,
+                group = %self.name,
+                partition,
+                "parked key after dead letter; release it with Broker::release_key"
+            );
+            state.parked.insert(hash, record);
+        }
         self.dead_letters.fetch_add(1, Ordering::Relaxed);
         dead_letter.signal.bump();
         tracing::warn!(
@@ -664,6 +706,16 @@ impl Group {
             "dead-lettered message"
         );
         Ok(())
+    }
+
+    /// Lets a parked key flow again; returns whether it was parked.
+    pub fn release_key(&self, key: &[u8]) -> Result<bool> {
+        let mut state = self.state.lock();
+        let released = self.storage.remove_parked(self.topic.id, &self.name, key)?;
+        state.parked.remove(&key_hash(key));
+        drop(state);
+        self.topic.signal.bump();
+        Ok(released)
     }
 
     fn lease_expired(&self, partition: u32, offset: u64) -> Error {

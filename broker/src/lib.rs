@@ -60,7 +60,9 @@ pub use crate::config::{
 pub use crate::consumer::{Consumer, Delivery};
 pub use crate::error::{Error, Result};
 pub use crate::hash::{key_hash, partition_for_key};
-pub use crate::message::{DeadLetterInfo, Message, PeekedMessage, Receipt, RESERVED_HEADER_PREFIX};
+pub use crate::message::{
+    DeadLetterInfo, Message, ParkedKey, PeekedMessage, Receipt, RESERVED_HEADER_PREFIX,
+};
 pub use crate::name::MAX_NAME_LEN;
 pub use crate::record::FORMAT_VERSION;
 pub use crate::stats::{GroupPartitionStats, GroupStats, PartitionStats, Stats, TopicStats};

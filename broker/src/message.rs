@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::record::StoredMessage;
+use crate::record::{ParkedRecord, StoredMessage};
 
 /// Prefix of header names that the broker reserves.
 pub const RESERVED_HEADER_PREFIX: &str = "aqueduct.";
@@ -169,6 +169,36 @@ impl DeadLetterInfo {
     /// When the message was dead-lettered.
     pub fn dead_lettered_at(&self) -> std::time::SystemTime {
         UNIX_EPOCH + Duration::from_millis(self.dead_lettered_at_ms)
+    }
+}
+
+/// A key that a per-key group holds back because one of its messages was dead-lettered, so
+/// that later messages of the key do not overtake it. Release it with
+/// [`Broker::release_key`](crate::Broker::release_key).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct ParkedKey {
+    /// The message key.
+    pub key: Vec<u8>,
+    /// The key's partition.
+    pub partition: u32,
+    /// Offset of the dead-lettered message.
+    pub offset: u64,
+    /// The dead-letter reason.
+    pub reason: String,
+    /// When the key was parked, in milliseconds since the Unix epoch.
+    pub parked_at_ms: u64,
+}
+
+impl ParkedKey {
+    pub(crate) fn new(record: &ParkedRecord) -> Self {
+        ParkedKey {
+            key: record.key.to_vec(),
+            partition: record.partition,
+            offset: record.offset,
+            reason: record.reason.clone(),
+            parked_at_ms: record.parked_at_ms,
+        }
     }
 }
 

@@ -25,6 +25,7 @@ pub(crate) enum Kind {
     GroupCursor = 5,
     Dedup = 6,
     Index = 7,
+    Parked = 8,
 }
 
 /// One stored message inside a block.
@@ -45,6 +46,17 @@ pub(crate) struct StoredMessage {
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Block {
     pub messages: Vec<StoredMessage>,
+}
+
+/// A key that a per-key group stopped delivering after dead-lettering one of its messages.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ParkedRecord {
+    pub partition: u32,
+    /// Offset of the dead-lettered message.
+    pub offset: u64,
+    pub key: serde_bytes::ByteBuf,
+    pub reason: String,
+    pub parked_at_ms: u64,
 }
 
 /// What the index stores about one block.

@@ -72,6 +72,8 @@ pub struct GroupStats {
     pub dead_letters: u64,
     /// Messages that retention removed before this group acknowledged them, since open.
     pub unconsumed_removals: u64,
+    /// Keys held back after a dead letter (per-key groups); see `Broker::parked_keys`.
+    pub parked_keys: u64,
 }
 
 /// One group's position in one partition.

@@ -29,7 +29,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 
 use crate::error::{Error, Result};
 use crate::record::{
-    self, CursorRecord, DedupRecord, GroupMetaRecord, IndexRecord, Kind, TopicRecord,
+    self, CursorRecord, DedupRecord, GroupMetaRecord, IndexRecord, Kind, ParkedRecord, TopicRecord,
     FORMAT_VERSION,
 };
 
@@ -50,6 +50,7 @@ const INDEX_TREE: &str = "__aqueduct.index";
 const FORMAT_KEY: &[u8] = b"format";
 const TOPIC_PREFIX: &[u8] = b"topic/";
 const GROUP_PREFIX: &[u8] = b"group/";
+const PARKED_PREFIX: &[u8] = b"parked/";
 
 #[derive(Debug, Serialize, Deserialize)]
 struct FormatRecord {
@@ -184,6 +185,24 @@ impl Storage {
             )?)),
             None => Ok(None),
         }
+    }
+
+    /// Returns the keys a group has parked.
+    pub fn load_parked(&self, topic_id: u32, group: &str) -> Result<Vec<ParkedRecord>> {
+        let prefix = parked_key(topic_id, group, b"");
+        let mut parked = Vec::new();
+        for item in self.meta.scan_prefix(&prefix) {
+            let (key, value) = item?;
+            parked.push(record::decode(META_TREE, &key, Kind::Parked, &value)?);
+        }
+        Ok(parked)
+    }
+
+    /// Removes a parked key; returns whether it was parked.
+    pub fn remove_parked(&self, topic_id: u32, group: &str, key: &[u8]) -> Result<bool> {
+        self.check_writable()?;
+        let result = self.meta.remove(parked_key(topic_id, group, key));
+        Ok(self.guard(result)?.is_some())
     }
 
     /// Returns the metadata of every group of a topic.
@@ -391,14 +410,25 @@ impl Storage {
         block: BlockWrite,
         index: &IndexRecord,
         cursor: CursorWrite<'_>,
+        parked: Option<&ParkedRecord>,
     ) -> Result<()> {
         self.check_writable()?;
+        let parked = match parked {
+            Some(record) => Some((
+                parked_key(cursor.topic_id, cursor.group, &record.key),
+                record::encode(Kind::Parked, record)?,
+            )),
+            None => None,
+        };
         let block_key = block_key(block.topic_id, block.partition, block.base);
         let index_bytes = record::encode(Kind::Index, index)?;
         let cursor_key = cursor_key(cursor.topic_id, cursor.partition, cursor.group);
         let cursor_bytes = record::encode(Kind::GroupCursor, cursor.record)?;
-        let trees = (&self.log, &self.index, &self.groups);
-        let result = trees.transaction(|(log, index, groups)| {
+        let trees = (&self.log, &self.index, &self.groups, &self.meta);
+        let result = trees.transaction(|(log, index, groups, meta)| {
+            if let Some((key, value)) = &parked {
+                meta.insert(key.as_slice(), value.as_slice())?;
+            }
             log.insert(block_key.as_slice(), block.bytes.as_slice())?;
             index.insert(block_key.as_slice(), index_bytes.as_slice())?;
             groups.insert(cursor_key.as_slice(), cursor_bytes.as_slice())?;
@@ -626,6 +656,20 @@ fn cursor_key(topic_id: u32, partition: u32, group: &str) -> Vec<u8> {
     key.extend_from_slice(&partition.to_be_bytes());
     key.extend_from_slice(group.as_bytes());
     key
+}
+
+/// `parked/`, topic id, group name length (one byte; names are at most 249 bytes), group name,
+/// key bytes.
+fn parked_key(topic_id: u32, group: &str, key: &[u8]) -> Vec<u8> {
+    let group_len = [group.len() as u8];
+    [
+        PARKED_PREFIX,
+        &topic_id.to_be_bytes(),
+        &group_len,
+        group.as_bytes(),
+        key,
+    ]
+    .concat()
 }
 
 fn group_meta_key(topic_id: u32, group: &str) -> Vec<u8> {
