@@ -11,6 +11,9 @@ use crate::event_store::{
     StreamAppend, Upcasters, WrongExpectedVersion,
 };
 
+/// One execution attempt: the results, or the conflict that made it lose.
+type Attempt<A> = Result<Vec<Executed<A>>, WrongExpectedVersion>;
+
 /// Events read per call while loading.
 const LOAD_BATCH: usize = 512;
 
@@ -238,7 +241,7 @@ impl<A: Aggregate> Repository<A> {
     /// Loads `id` with the events at positions up to `last`.
     fn load_until(&self, id: &str, last: u64) -> Result<Loaded<A>, EventStoreError> {
         let stream = self.stream(id);
-        let mut loaded = self.from_snapshot(&stream, last)?.unwrap_or_else(empty);
+        let mut loaded = self.load_snapshot(&stream, last)?.unwrap_or_else(empty);
         loop {
             let batch = self
                 .store
@@ -273,7 +276,7 @@ impl<A: Aggregate> Repository<A> {
 
     /// Returns the snapshot's state when it exists, has this build's schema version, decodes,
     /// and lies at or before position `last`.
-    fn from_snapshot(&self, stream: &str, last: u64) -> Result<Option<Loaded<A>>, EventStoreError> {
+    fn load_snapshot(&self, stream: &str, last: u64) -> Result<Option<Loaded<A>>, EventStoreError> {
         let Some(snapshot) = self.store.load_snapshot(stream)? else {
             return Ok(None);
         };
@@ -381,7 +384,7 @@ impl<A: Aggregate> Repository<A> {
     fn try_execute(
         &self,
         commands: &[(String, A::Command)],
-    ) -> Result<Result<Vec<Executed<A>>, WrongExpectedVersion>, RepositoryError<A::Error>>
+    ) -> Result<Attempt<A>, RepositoryError<A::Error>>
     where
         A::Command: Clone,
     {

@@ -165,7 +165,7 @@ struct Inner {
     clock: Arc<dyn Clock>,
     disk: Arc<DiskSync>,
     appended: Signal,
-    _broker: Broker,
+    broker: Broker,
 }
 
 /// Why an append transaction stopped without committing.
@@ -228,7 +228,7 @@ impl EventStore {
                 clock: config.clock,
                 disk,
                 appended: Signal::default(),
-                _broker: broker.clone(),
+                broker: broker.clone(),
             }),
         };
         tracing::debug!(
@@ -242,6 +242,11 @@ impl EventStore {
     /// The store's name.
     pub fn name(&self) -> &str {
         &self.inner.name
+    }
+
+    /// The broker whose database holds the store.
+    pub(crate) fn broker(&self) -> &Broker {
+        &self.inner.broker
     }
 
     /// The name of the sled tree that holds the store.
@@ -743,14 +748,13 @@ impl EventStore {
         let start = record::event_key(from_position);
         let end = record::event_key(u64::MAX);
         let mut events = Vec::new();
-        let mut expected = from_position;
-        for entry in self.inner.tree.range(start..=end).take(max) {
+        let entries = self.inner.tree.range(start..=end).take(max);
+        for (expected, entry) in (from_position..).zip(entries) {
             let (key, value) = entry?;
             if record::event_position(&key) != Some(expected) {
                 break;
             }
             events.push(self.to_recorded(expected, &key, &value)?);
-            expected += 1;
         }
         Ok(events)
     }
