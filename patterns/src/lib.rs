@@ -8,14 +8,26 @@
 //!   [`ProjectionRunner`] feeds it with exactly-once effect, offers read-your-writes through
 //!   [`ProjectionRunner::wait_for`] and rebuilds it without stopping queries.
 //!
+//! - **Transactional outbox**: [`Outbox`] enqueues events in the same sled transaction as the
+//!   application's writes; [`OutboxRelay`] publishes them in order per key, retries while the
+//!   target is unavailable and parks rows the target rejects.
+//!
+//! - **Competing consumers**: [`WorkerPool`] (threads) and [`AsyncWorkerPool`] (tokio) run
+//!   resizable workers in one consumer group with retry backoff, dead letters and graceful
+//!   shutdown; [`Inbox`] makes a handler's sled writes happen once per message.
+//!
 //! Everything lives in sled trees of the broker's database (opened with
 //! [`Broker::tree`](aqueduct::Broker::tree)), so application data, events and projection
 //! checkpoints can change in one sled transaction.
 
 mod aggregate;
+mod backoff;
 mod cqrs;
 mod event_store;
+mod inbox;
+mod outbox;
 mod signal;
+mod workers;
 
 // Event sourcing.
 pub use crate::aggregate::{Aggregate, AsOf, Executed, Loaded, Repository, RepositoryError};
@@ -30,3 +42,20 @@ pub use crate::cqrs::{
     ApplyError, Checkpoint, ModelView, ModelWriter, Position, Projection, ProjectionConfig,
     ProjectionError, ProjectionRunner, ReadModel, RebuildReport, SourceEvent, TopicMessage,
 };
+
+// Transactional outbox.
+pub use crate::outbox::{
+    BoxError, BrokerTarget, Outbox, OutboxConfig, OutboxError, OutboxRelay, OutboxStats,
+    OutboxTarget, OutboxTransaction, ParkedRow, RelayConfig, RelayHandle, RelayStats,
+    RoundReport, TargetError,
+};
+
+// Competing consumers.
+pub use crate::inbox::{Inbox, InboxConfig, InboxError, Processed};
+pub use crate::workers::{
+    AsyncWorkerPool, HandlerError, PoolStats, ShutdownReport, WorkerConfig, WorkerContext,
+    WorkerError, WorkerPool, MAX_WORKERS,
+};
+
+// Shared.
+pub use crate::backoff::Backoff;
