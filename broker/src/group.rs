@@ -31,6 +31,9 @@ use crate::message::DeadLetterInfo;
 use crate::record::{CursorRecord, ParkedRecord, StoredMessage};
 use crate::storage::{BlockWrite, CursorWrite, Storage};
 
+/// Fewest messages a fetch loads into a partition's window at a time.
+const MIN_LOAD: usize = 64;
+
 /// A delivery leased by a fetch, not yet wrapped for the application.
 pub(crate) struct Leased {
     pub message: Arc<StoredMessage>,
@@ -341,16 +344,38 @@ impl Group {
                 "skipped offsets that retention removed before this group loaded them"
             );
         }
-        state.partitions[partition].fill(&self.topic, partition as u32, max_unacked)?;
-
+        // Load only as many messages as this fetch needs, doubling while the ordering mode
+        // holds loaded ones back, so the window (and memory) follows the in-flight count and
+        // reaches max_unacked only when consumers fall behind on acks.
         let wanted = max.saturating_sub(fetched.leased.len());
-        let candidates = self.candidates(
-            &state.partitions[partition],
-            &state.parked,
-            now,
-            wanted,
-            fetched,
-        );
+        let mut additional = wanted.max(MIN_LOAD);
+        let candidates = loop {
+            let cursor = &mut state.partitions[partition];
+            let before = cursor.loaded;
+            let target = (cursor.window.len() + additional).min(max_unacked);
+            cursor.fill(&self.topic, partition as u32, target)?;
+            let exhausted = cursor.loaded == before || cursor.window.len() >= max_unacked;
+            let mut probe = Fetched {
+                leased: Vec::new(),
+                next_due_ms: None,
+                generation: 0,
+            };
+            let candidates = self.candidates(
+                &state.partitions[partition],
+                &state.parked,
+                now,
+                wanted,
+                &mut probe,
+            );
+            if candidates.len() >= wanted || exhausted {
+                if let Some(due) = probe.next_due_ms {
+                    let next = fetched.next_due_ms.map_or(due, |known| known.min(due));
+                    fetched.next_due_ms = Some(next);
+                }
+                break candidates;
+            }
+            additional = additional.saturating_mul(2);
+        };
         let ack_timeout = self.topic.config.ack_timeout_ms;
         for offset in candidates {
             if fetched.leased.len() >= max {
@@ -768,10 +793,9 @@ impl PartitionCursor {
         }
     }
 
-    /// Loads messages into the window until it holds `max_unacked` offsets or the partition
-    /// ends.
-    fn fill(&mut self, topic: &TopicLog, partition: u32, max_unacked: usize) -> Result<()> {
-        while self.window.len() < max_unacked {
+    /// Loads messages into the window until it holds `target` offsets or the partition ends.
+    fn fill(&mut self, topic: &TopicLog, partition: u32, target: usize) -> Result<()> {
+        while self.window.len() < target {
             let run = match &self.run {
                 Some((base, run))
                     if self.loaded >= *base && self.loaded < base + run.len() as u64 =>
@@ -788,7 +812,7 @@ impl PartitionCursor {
             };
             let (base, messages) = run;
             let start = (self.loaded - base) as usize;
-            let room = max_unacked - self.window.len();
+            let room = target - self.window.len();
             for message in messages[start..].iter().take(room) {
                 self.load(Arc::clone(message));
             }
