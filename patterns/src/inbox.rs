@@ -455,7 +455,8 @@ impl Inbox {
     }
 
     fn expire_if_due(&self, now: u64) {
-        let interval_ms = u64::try_from(self.inner.config.window.as_millis() / 10).unwrap_or(u64::MAX);
+        let interval_ms =
+            u64::try_from(self.inner.config.window.as_millis() / 10).unwrap_or(u64::MAX);
         let last = self.inner.last_expiry_ms.load(Ordering::Relaxed);
         if now.saturating_sub(last) < interval_ms {
             return;

@@ -46,8 +46,8 @@ pub use crate::cqrs::{
 // Transactional outbox.
 pub use crate::outbox::{
     BoxError, BrokerTarget, Outbox, OutboxConfig, OutboxError, OutboxRelay, OutboxStats,
-    OutboxTarget, OutboxTransaction, ParkedRow, RelayConfig, RelayHandle, RelayStats,
-    RoundReport, TargetError,
+    OutboxTarget, OutboxTransaction, ParkedRow, RelayConfig, RelayHandle, RelayStats, RoundReport,
+    TargetError,
 };
 
 // Competing consumers.

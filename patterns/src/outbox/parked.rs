@@ -138,7 +138,11 @@ impl Outbox {
                 ConflictableTransactionError::Abort(inner.corrupt("parked", seq, &reason))
             })?;
             let bytes = encode(&record.row).map_err(|error| {
-                ConflictableTransactionError::Abort(inner.corrupt("parked", seq, &error.to_string()))
+                ConflictableTransactionError::Abort(inner.corrupt(
+                    "parked",
+                    seq,
+                    &error.to_string(),
+                ))
             })?;
             rows.insert(&key[..], bytes)?;
             Ok(())
@@ -205,8 +209,8 @@ impl Inner {
             error: error.to_string(),
             parked_at_ms: self.config.clock.now_ms(),
         };
-        let bytes = encode(&record)
-            .map_err(|error| self.corrupt("parked", seq, &error.to_string()))?;
+        let bytes =
+            encode(&record).map_err(|error| self.corrupt("parked", seq, &error.to_string()))?;
         let key = seq_key(seq);
         let result = (&self.rows, &self.parked).transaction(|(rows, parked)| {
             rows.remove(&key[..])?;
@@ -245,7 +249,10 @@ fn not_parked(inner: &Inner, seq: u64) -> OutboxError {
     }
 }
 
-fn finish(inner: &Inner, result: Result<(), TransactionError<OutboxError>>) -> Result<(), OutboxError> {
+fn finish(
+    inner: &Inner,
+    result: Result<(), TransactionError<OutboxError>>,
+) -> Result<(), OutboxError> {
     match result {
         Ok(()) => Ok(()),
         Err(TransactionError::Abort(error)) => Err(error),

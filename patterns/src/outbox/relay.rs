@@ -455,9 +455,7 @@ impl<T: OutboxTarget> OutboxRelay<T> {
                 tracing::debug!(outbox = %inner.name, %error, "batch rejected; publishing rows one by one");
                 self.publish_each(inner, run, blocked, published, report)
             }
-            Err(error) if error.is_rejected() => {
-                self.park(inner, &run[0], &error, blocked, report)
-            }
+            Err(error) if error.is_rejected() => self.park(inner, &run[0], &error, blocked, report),
             Err(error) => {
                 report.unavailable = Some(error);
                 Ok(())
