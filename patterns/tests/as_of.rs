@@ -48,7 +48,9 @@ fn repository() -> (Broker, Arc<ManualClock>, Repository<Balance>) {
     let broker = Broker::temporary().expect("broker");
     let config = EventStoreConfig::default().clock(clock.clone());
     let store = EventStore::open_with(&broker, "audit", config).expect("store");
-    let repository = Repository::new(store).expect("repository").snapshot_every(2);
+    let repository = Repository::new(store)
+        .expect("repository")
+        .snapshot_every(2);
     (broker, clock, repository)
 }
 
@@ -70,14 +72,19 @@ fn state_at_position() {
     let (_broker, clock, repository) = repository();
     let positions = history(&clock, &repository);
 
-    let second = repository.load_at("a", AsOf::Position(positions[1])).expect("load");
+    let second = repository
+        .load_at("a", AsOf::Position(positions[1]))
+        .expect("load");
     let between = repository
         .load_at("a", AsOf::Position(positions[1] + 1))
         .expect("load");
 
     assert_eq!(second.state.amount, 30);
     assert_eq!(second.version, 2);
-    assert_eq!(between.state.amount, 30, "the other account's event changes nothing");
+    assert_eq!(
+        between.state.amount, 30,
+        "the other account's event changes nothing"
+    );
 }
 
 #[test]
@@ -101,7 +108,9 @@ fn time_before_first_event_is_empty_state() {
     let (_broker, clock, repository) = repository();
     history(&clock, &repository);
 
-    let before = repository.load_at("a", AsOf::Time(START_MS - 1)).expect("load");
+    let before = repository
+        .load_at("a", AsOf::Time(START_MS - 1))
+        .expect("load");
 
     assert_eq!(before.version, 0);
     assert_eq!(before.state.amount, 0);
@@ -117,7 +126,10 @@ fn history_lists_events_up_to_time() {
         .history("a", AsOf::Time(START_MS + 1_000))
         .expect("history");
     let deltas: Vec<&Changed> = events.iter().map(|(_, event)| event).collect();
-    let stamps: Vec<u64> = events.iter().map(|(recorded, _)| recorded.timestamp_ms).collect();
+    let stamps: Vec<u64> = events
+        .iter()
+        .map(|(recorded, _)| recorded.timestamp_ms)
+        .collect();
 
     assert_eq!(deltas, [&Changed(10), &Changed(20)]);
     assert_eq!(stamps, [START_MS, START_MS + 1_000]);
@@ -129,15 +141,23 @@ fn timestamps_never_go_back() {
     let broker = Broker::temporary().expect("broker");
     let config = EventStoreConfig::default().clock(clock.clone());
     let late = EventStore::open_with(&broker, "clocks", config).expect("store");
-    late.append("x-1", ExpectedVersion::Any, vec![NewEvent::new("T", 1, vec![])])
-        .expect("append")
-        .expect("ok");
+    late.append(
+        "x-1",
+        ExpectedVersion::Any,
+        vec![NewEvent::new("T", 1, vec![])],
+    )
+    .expect("append")
+    .expect("ok");
     let early_clock = ManualClock::new(START_MS - 60_000);
     let config = EventStoreConfig::default().clock(early_clock);
     let early = EventStore::open_with(&broker, "clocks", config).expect("same store");
 
     early
-        .append("x-1", ExpectedVersion::Any, vec![NewEvent::new("T", 1, vec![])])
+        .append(
+            "x-1",
+            ExpectedVersion::Any,
+            vec![NewEvent::new("T", 1, vec![])],
+        )
         .expect("append")
         .expect("ok");
     let stamps: Vec<u64> = early
@@ -158,6 +178,12 @@ fn position_at_finds_last_event_at_or_before_time() {
 
     assert_eq!(store.position_at(START_MS - 1).expect("search"), None);
     assert_eq!(store.position_at(START_MS).expect("search"), Some(1));
-    assert_eq!(store.position_at(START_MS + 1_999).expect("search"), Some(3));
-    assert_eq!(store.position_at(START_MS + 3_000).expect("search"), Some(7));
+    assert_eq!(
+        store.position_at(START_MS + 1_999).expect("search"),
+        Some(3)
+    );
+    assert_eq!(
+        store.position_at(START_MS + 3_000).expect("search"),
+        Some(7)
+    );
 }

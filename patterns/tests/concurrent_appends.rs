@@ -59,15 +59,30 @@ fn exact_version_race_has_one_winner() {
             outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
 
         assert_eq!(winners.len(), 1, "round {round}: winners");
-        assert_eq!(winners[0].version, before + 2, "round {round}: winner's version");
+        assert_eq!(
+            winners[0].version,
+            before + 2,
+            "round {round}: winner's version"
+        );
         assert_eq!(losers.len(), WRITERS - 1, "round {round}: losers");
         for loser in losers {
-            assert_eq!(loser.actual, before + 2, "round {round}: version a loser saw");
-            assert_eq!(loser.expected, ExpectedVersion::Exact(before), "round {round}");
+            assert_eq!(
+                loser.actual,
+                before + 2,
+                "round {round}: version a loser saw"
+            );
+            assert_eq!(
+                loser.expected,
+                ExpectedVersion::Exact(before),
+                "round {round}"
+            );
         }
     }
     let final_version = 3 + ROUNDS * 2;
-    assert_eq!(store.stream_version(stream).expect("version"), final_version);
+    assert_eq!(
+        store.stream_version(stream).expect("version"),
+        final_version
+    );
 }
 
 #[test]
@@ -81,7 +96,11 @@ fn no_stream_race_has_one_winner() {
         let winners = outcomes.iter().filter(|o| o.is_ok()).count();
 
         assert_eq!(winners, 1, "round {round}: winners");
-        assert_eq!(store.stream_version(&stream).expect("version"), 2, "round {round}");
+        assert_eq!(
+            store.stream_version(&stream).expect("version"),
+            2,
+            "round {round}"
+        );
     }
 }
 
@@ -98,12 +117,21 @@ fn losing_writer_leaves_no_events() {
     let events = store.read_stream("cart-1", 1, 100).expect("read");
     let writers: Vec<String> = events
         .iter()
-        .map(|e| String::from_utf8_lossy(&e.payload).split('/').next().unwrap_or("").to_string())
+        .map(|e| {
+            String::from_utf8_lossy(&e.payload)
+                .split('/')
+                .next()
+                .unwrap_or("")
+                .to_string()
+        })
         .collect();
 
     assert_eq!(events.len(), 2);
     assert_eq!(writers[0], writers[1], "both events come from the winner");
-    assert_eq!(store.next_position().expect("position"), winner.position + 1);
+    assert_eq!(
+        store.next_position().expect("position"),
+        winner.position + 1
+    );
 }
 
 #[test]

@@ -93,7 +93,10 @@ fn snapshot_at_exact_multiple() {
         .load_snapshot("tally-a")
         .expect("load")
         .expect("a snapshot");
-    let fifth = repository.store().read_stream("tally-a", 5, 1).expect("read");
+    let fifth = repository
+        .store()
+        .read_stream("tally-a", 5, 1)
+        .expect("read");
 
     assert_eq!(snapshot.version, 5);
     assert_eq!(snapshot.position, fifth[0].position);
@@ -154,7 +157,10 @@ fn load_starts_from_snapshot() {
 
     let loaded = repository.load("a").expect("load");
 
-    assert_eq!(loaded.state.total, 1007, "the marked snapshot was the starting state");
+    assert_eq!(
+        loaded.state.total, 1007,
+        "the marked snapshot was the starting state"
+    );
     assert_eq!(loaded.state.seen, one_to(7));
 }
 
@@ -168,7 +174,10 @@ fn snapshot_of_other_schema_version_is_ignored() {
         schema_version: Tally::SNAPSHOT_VERSION + 1,
         state: vec![0xff; 4],
     };
-    repository.store().save_snapshot("tally-a", &foreign).expect("save");
+    repository
+        .store()
+        .save_snapshot("tally-a", &foreign)
+        .expect("save");
 
     let loaded = repository.load("a").expect("load");
 
@@ -186,7 +195,10 @@ fn undecodable_snapshot_is_ignored() {
         schema_version: Tally::SNAPSHOT_VERSION,
         state: vec![0xff; 3],
     };
-    repository.store().save_snapshot("tally-a", &broken).expect("save");
+    repository
+        .store()
+        .save_snapshot("tally-a", &broken)
+        .expect("save");
 
     let loaded = repository.load("a").expect("load");
 
@@ -207,7 +219,10 @@ fn snapshot_newer_than_stream_is_ignored() {
         })
         .expect("encode"),
     };
-    repository.store().save_snapshot("tally-a", &ahead).expect("save");
+    repository
+        .store()
+        .save_snapshot("tally-a", &ahead)
+        .expect("save");
 
     let loaded = repository.load("a").expect("load");
 
@@ -221,7 +236,10 @@ fn commands_after_snapshot_append_at_right_version() {
 
     for expected in 1..=6 {
         let executed = repository.execute("a", Add(1)).expect("execute");
-        assert_eq!(executed.version, expected, "version after command {expected}");
+        assert_eq!(
+            executed.version, expected,
+            "version after command {expected}"
+        );
     }
     let versions: Vec<u64> = repository
         .store()
@@ -243,7 +261,11 @@ fn stale_load_conflicts_after_snapshot() {
     let event = NewEvent::encode(&TallyEvent::Added { seq: 99, amount: 1 }).expect("encode");
     let outcome = repository
         .store()
-        .append("tally-a", ExpectedVersion::Exact(loaded.version), vec![event])
+        .append(
+            "tally-a",
+            ExpectedVersion::Exact(loaded.version),
+            vec![event],
+        )
         .expect("append");
 
     assert_eq!(loaded.version, 2);
@@ -254,9 +276,15 @@ fn stale_load_conflicts_after_snapshot() {
 fn past_state_before_snapshot_replays_from_start() {
     let (_broker, repository) = repository(5);
     run(&repository, &[1, 1, 1, 1, 1, 1, 1, 1, 1, 1]);
-    let third = repository.store().read_stream("tally-a", 3, 1).expect("read")[0].position;
+    let third = repository
+        .store()
+        .read_stream("tally-a", 3, 1)
+        .expect("read")[0]
+        .position;
 
-    let past = repository.load_at("a", AsOf::Position(third)).expect("load");
+    let past = repository
+        .load_at("a", AsOf::Position(third))
+        .expect("load");
 
     assert_eq!(past.state.seen, one_to(3));
     assert_eq!(past.version, 3);
@@ -266,9 +294,15 @@ fn past_state_before_snapshot_replays_from_start() {
 fn past_state_after_snapshot_uses_it() {
     let (_broker, repository) = repository(5);
     run(&repository, &[1, 1, 1, 1, 1, 1, 1, 1]);
-    let seventh = repository.store().read_stream("tally-a", 7, 1).expect("read")[0].position;
+    let seventh = repository
+        .store()
+        .read_stream("tally-a", 7, 1)
+        .expect("read")[0]
+        .position;
 
-    let past = repository.load_at("a", AsOf::Position(seventh)).expect("load");
+    let past = repository
+        .load_at("a", AsOf::Position(seventh))
+        .expect("load");
 
     assert_eq!(past.state.seen, one_to(7));
     assert_eq!(past.version, 7);

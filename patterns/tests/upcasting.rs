@@ -140,7 +140,10 @@ fn old_versions_upcast_through_chain() {
 #[test]
 fn upcast_event_has_current_shape() {
     let (_broker, store) = store_with_old_events();
-    let recorded = store.read_stream("account-1", 2, 1).expect("read").remove(0);
+    let recorded = store
+        .read_stream("account-1", 2, 1)
+        .expect("read")
+        .remove(0);
 
     let event: AccountEvent = upcasters().decode(&recorded).expect("decode");
 
@@ -179,7 +182,9 @@ fn new_events_are_written_at_current_version() {
         .upcasters(upcasters());
 
     let executed = repository.execute("1", 300).expect("execute");
-    let newest = store.read_stream_backward("account-1", u64::MAX, 1).expect("read");
+    let newest = store
+        .read_stream_backward("account-1", u64::MAX, 1)
+        .expect("read");
 
     assert_eq!(executed.state.cents, 1500);
     assert_eq!(newest[0].schema_version, 3);
@@ -188,7 +193,10 @@ fn new_events_are_written_at_current_version() {
 #[test]
 fn missing_upcaster_fails_decoding() {
     let (_broker, store) = store_with_old_events();
-    let recorded = store.read_stream("account-1", 2, 1).expect("read").remove(0);
+    let recorded = store
+        .read_stream("account-1", 2, 1)
+        .expect("read")
+        .remove(0);
 
     let error = Upcasters::new()
         .decode::<AccountEvent>(&recorded)
@@ -196,13 +204,19 @@ fn missing_upcaster_fails_decoding() {
     let message = error.to_string();
 
     assert!(matches!(error, EventStoreError::Decode { .. }), "{error}");
-    assert!(message.contains("register an upcaster from version 1"), "{message}");
+    assert!(
+        message.contains("register an upcaster from version 1"),
+        "{message}"
+    );
 }
 
 #[test]
 fn partial_chain_fails_decoding() {
     let (_broker, store) = store_with_old_events();
-    let recorded = store.read_stream("account-1", 2, 1).expect("read").remove(0);
+    let recorded = store
+        .read_stream("account-1", 2, 1)
+        .expect("read")
+        .remove(0);
     let first_step_only = Upcasters::new().add("Deposited", 1, |old: AccountEventV1| match old {
         AccountEventV1::Opened { owner } => AccountEventV2::Opened { owner },
         AccountEventV1::Deposited { amount } => AccountEventV2::Deposited {
@@ -248,12 +262,17 @@ fn startup_check_names_undecodable_types() {
     let (_broker, store) = store_with_old_events();
     let repository = Repository::<Account>::new(store).expect("repository");
 
-    let error = repository.check_event_types().expect_err("old deposits fail");
+    let error = repository
+        .check_event_types()
+        .expect_err("old deposits fail");
 
     let EventStoreError::SchemaCheckFailed { category, failures } = error else {
         panic!("expected a schema check failure, got {error}");
     };
     assert_eq!(category, "account");
     assert_eq!(failures.len(), 1, "{failures:?}");
-    assert!(failures[0].starts_with("Deposited version 1"), "{failures:?}");
+    assert!(
+        failures[0].starts_with("Deposited version 1"),
+        "{failures:?}"
+    );
 }

@@ -19,7 +19,10 @@ fn temporary_store() -> (Broker, EventStore) {
 #[test]
 fn no_stream_conflicts_on_existing_stream() {
     let (_broker, store) = temporary_store();
-    store.append("s-1", ExpectedVersion::Any, events(2)).expect("append").expect("ok");
+    store
+        .append("s-1", ExpectedVersion::Any, events(2))
+        .expect("append")
+        .expect("ok");
 
     let conflict = store
         .append("s-1", ExpectedVersion::NoStream, events(1))
@@ -34,8 +37,12 @@ fn no_stream_conflicts_on_existing_stream() {
 fn exact_zero_means_no_stream() {
     let (_broker, store) = temporary_store();
 
-    let first = store.append("s-1", ExpectedVersion::Exact(0), events(1)).expect("append");
-    let second = store.append("s-1", ExpectedVersion::Exact(0), events(1)).expect("append");
+    let first = store
+        .append("s-1", ExpectedVersion::Exact(0), events(1))
+        .expect("append");
+    let second = store
+        .append("s-1", ExpectedVersion::Exact(0), events(1))
+        .expect("append");
 
     assert_eq!(first.map(|a| a.version), Ok(1));
     assert_eq!(second.map_err(|c| c.actual), Err(1));
@@ -44,11 +51,20 @@ fn exact_zero_means_no_stream() {
 #[test]
 fn exact_version_must_match() {
     let (_broker, store) = temporary_store();
-    store.append("s-1", ExpectedVersion::Any, events(3)).expect("append").expect("ok");
+    store
+        .append("s-1", ExpectedVersion::Any, events(3))
+        .expect("append")
+        .expect("ok");
 
-    let behind = store.append("s-1", ExpectedVersion::Exact(2), events(1)).expect("append");
-    let ahead = store.append("s-1", ExpectedVersion::Exact(4), events(1)).expect("append");
-    let exact = store.append("s-1", ExpectedVersion::Exact(3), events(1)).expect("append");
+    let behind = store
+        .append("s-1", ExpectedVersion::Exact(2), events(1))
+        .expect("append");
+    let ahead = store
+        .append("s-1", ExpectedVersion::Exact(4), events(1))
+        .expect("append");
+    let exact = store
+        .append("s-1", ExpectedVersion::Exact(3), events(1))
+        .expect("append");
 
     assert_eq!(behind.map_err(|c| c.actual), Err(3));
     assert_eq!(ahead.map_err(|c| c.actual), Err(3));
@@ -58,7 +74,10 @@ fn exact_version_must_match() {
 #[test]
 fn conflict_message_names_stream_and_versions() {
     let (_broker, store) = temporary_store();
-    store.append("s-1", ExpectedVersion::Any, events(1)).expect("append").expect("ok");
+    store
+        .append("s-1", ExpectedVersion::Any, events(1))
+        .expect("append")
+        .expect("ok");
 
     let conflict = store
         .append("s-1", ExpectedVersion::Exact(5), events(1))
@@ -74,7 +93,10 @@ fn conflict_message_names_stream_and_versions() {
 #[test]
 fn appended_reports_positions_and_version() {
     let (_broker, store) = temporary_store();
-    store.append("a-1", ExpectedVersion::Any, events(2)).expect("append").expect("ok");
+    store
+        .append("a-1", ExpectedVersion::Any, events(2))
+        .expect("append")
+        .expect("ok");
 
     let appended = store
         .append("b-1", ExpectedVersion::Any, events(3))
@@ -89,8 +111,14 @@ fn appended_reports_positions_and_version() {
 #[test]
 fn stream_reads_forward_and_backward() {
     let (_broker, store) = temporary_store();
-    store.append("s-1", ExpectedVersion::Any, events(5)).expect("append").expect("ok");
-    store.append("s-10", ExpectedVersion::Any, events(2)).expect("append").expect("ok");
+    store
+        .append("s-1", ExpectedVersion::Any, events(5))
+        .expect("append")
+        .expect("ok");
+    store
+        .append("s-10", ExpectedVersion::Any, events(2))
+        .expect("append")
+        .expect("ok");
     let versions = |events: Vec<aqueduct_patterns::RecordedEvent>| -> Vec<u64> {
         events.iter().map(|e| e.version).collect()
     };
@@ -98,7 +126,11 @@ fn stream_reads_forward_and_backward() {
     let forward = versions(store.read_stream("s-1", 2, 2).expect("read"));
     let to_end = versions(store.read_stream("s-1", 4, 100).expect("read"));
     let past_end = versions(store.read_stream("s-1", 6, 100).expect("read"));
-    let backward = versions(store.read_stream_backward("s-1", u64::MAX, 3).expect("read"));
+    let backward = versions(
+        store
+            .read_stream_backward("s-1", u64::MAX, 3)
+            .expect("read"),
+    );
     let backward_from = versions(store.read_stream_backward("s-1", 2, 100).expect("read"));
     let other = versions(store.read_stream("s-10", 1, 100).expect("read"));
 
@@ -107,7 +139,11 @@ fn stream_reads_forward_and_backward() {
     assert!(past_end.is_empty());
     assert_eq!(backward, [5, 4, 3]);
     assert_eq!(backward_from, [2, 1]);
-    assert_eq!(other, [1, 2], "a stream whose name extends another stays separate");
+    assert_eq!(
+        other,
+        [1, 2],
+        "a stream whose name extends another stays separate"
+    );
 }
 
 #[test]
@@ -115,16 +151,24 @@ fn missing_stream_is_version_zero() {
     let (_broker, store) = temporary_store();
 
     assert_eq!(store.stream_version("nobody-1").expect("version"), 0);
-    assert!(store.read_stream("nobody-1", 1, 10).expect("read").is_empty());
+    assert!(store
+        .read_stream("nobody-1", 1, 10)
+        .expect("read")
+        .is_empty());
 }
 
 #[test]
 fn empty_append_is_rejected() {
     let (_broker, store) = temporary_store();
 
-    let error = store.append("s-1", ExpectedVersion::Any, Vec::new()).expect_err("rejected");
+    let error = store
+        .append("s-1", ExpectedVersion::Any, Vec::new())
+        .expect_err("rejected");
 
-    assert!(matches!(error, EventStoreError::EmptyAppend { .. }), "{error}");
+    assert!(
+        matches!(error, EventStoreError::EmptyAppend { .. }),
+        "{error}"
+    );
 }
 
 #[test]
@@ -132,19 +176,44 @@ fn invalid_names_are_rejected() {
     let (broker, store) = temporary_store();
     let long = "x".repeat(256);
 
-    let empty = store.append("", ExpectedVersion::Any, events(1)).expect_err("empty");
-    let too_long = store.append(&long, ExpectedVersion::Any, events(1)).expect_err("long");
-    let nul = store.append("a\0b", ExpectedVersion::Any, events(1)).expect_err("nul");
+    let empty = store
+        .append("", ExpectedVersion::Any, events(1))
+        .expect_err("empty");
+    let too_long = store
+        .append(&long, ExpectedVersion::Any, events(1))
+        .expect_err("long");
+    let nul = store
+        .append("a\0b", ExpectedVersion::Any, events(1))
+        .expect_err("nul");
     let untyped = store
-        .append("s-1", ExpectedVersion::Any, vec![NewEvent::new("", 1, Vec::new())])
+        .append(
+            "s-1",
+            ExpectedVersion::Any,
+            vec![NewEvent::new("", 1, Vec::new())],
+        )
         .expect_err("empty type");
     let store_name = EventStore::open(&broker, "bad name").expect_err("store name");
 
-    assert!(matches!(empty, EventStoreError::InvalidStream { .. }), "{empty}");
-    assert!(matches!(too_long, EventStoreError::InvalidStream { .. }), "{too_long}");
-    assert!(matches!(nul, EventStoreError::InvalidStream { .. }), "{nul}");
-    assert!(matches!(untyped, EventStoreError::InvalidEventType { .. }), "{untyped}");
-    assert!(matches!(store_name, EventStoreError::InvalidName { .. }), "{store_name}");
+    assert!(
+        matches!(empty, EventStoreError::InvalidStream { .. }),
+        "{empty}"
+    );
+    assert!(
+        matches!(too_long, EventStoreError::InvalidStream { .. }),
+        "{too_long}"
+    );
+    assert!(
+        matches!(nul, EventStoreError::InvalidStream { .. }),
+        "{nul}"
+    );
+    assert!(
+        matches!(untyped, EventStoreError::InvalidEventType { .. }),
+        "{untyped}"
+    );
+    assert!(
+        matches!(store_name, EventStoreError::InvalidName { .. }),
+        "{store_name}"
+    );
 }
 
 #[test]
@@ -153,12 +222,17 @@ fn versions_and_positions_survive_reopen() {
     {
         let broker = Broker::open(dir.path()).expect("broker");
         let store = EventStore::open(&broker, "durable").expect("store");
-        store.append("s-1", ExpectedVersion::Any, events(3)).expect("append").expect("ok");
+        store
+            .append("s-1", ExpectedVersion::Any, events(3))
+            .expect("append")
+            .expect("ok");
     }
     let broker = Broker::open(dir.path()).expect("reopen broker");
     let store = EventStore::open(&broker, "durable").expect("reopen store");
 
-    let stale = store.append("s-1", ExpectedVersion::Exact(2), events(1)).expect("append");
+    let stale = store
+        .append("s-1", ExpectedVersion::Exact(2), events(1))
+        .expect("append");
     let next = store
         .append("s-1", ExpectedVersion::Exact(3), events(1))
         .expect("append")
@@ -172,7 +246,10 @@ fn versions_and_positions_survive_reopen() {
 #[test]
 fn append_streams_is_all_or_nothing() {
     let (_broker, store) = temporary_store();
-    store.append("b-1", ExpectedVersion::Any, events(1)).expect("append").expect("ok");
+    store
+        .append("b-1", ExpectedVersion::Any, events(1))
+        .expect("append")
+        .expect("ok");
 
     let outcome = store
         .append_streams(vec![
