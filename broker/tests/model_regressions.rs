@@ -1,0 +1,62 @@
+//! Operation sequences that once broke the delivery model, kept as fixed cases.
+
+// The regressions use only some of the model's operations.
+#[allow(dead_code)]
+mod delivery_model;
+
+use aqueduct::OrderingMode;
+use delivery_model::{GroupSetup, Op, Setup};
+
+fn one_group(prefetch: usize) -> Setup {
+    Setup {
+        partitions: 1,
+        groups: vec![GroupSetup {
+            ordering: OrderingMode::Unordered,
+            prefetch,
+        }],
+        max_deliveries: None,
+        max_unacked: 2,
+        flushed: false,
+    }
+}
+
+#[test]
+fn ack_after_broker_close_survives_reopen() {
+    let ops = [
+        Op::Publish(vec![None]),
+        Op::Receive(0),
+        Op::Reopen { settle_late: true },
+    ];
+    delivery_model::run(&one_group(1), &ops);
+}
+
+#[test]
+fn per_key_dead_letter_parks_key() {
+    let mut setup = one_group(1);
+    setup.groups[0].ordering = OrderingMode::PerKey;
+    let ops = [
+        Op::Publish(vec![Some(0), Some(0)]),
+        Op::Receive(0),
+        Op::DeadLetter(0),
+    ];
+    delivery_model::run(&setup, &ops);
+}
+
+#[test]
+fn buffered_stale_ack_at_delivery_limit() {
+    let mut setup = one_group(4);
+    setup.max_deliveries = Some(2);
+    let ops = [
+        Op::Publish(vec![None, None, None]),
+        Op::Receive(1),
+        Op::Ack(0),
+        Op::Receive(0),
+        Op::Nack(0),
+        Op::Receive(2),
+        Op::Advance(1_000),
+        Op::Receive(0),
+        Op::Ack(2),
+        Op::Receive(0),
+    ];
+    delivery_model::run(&setup, &ops);
+}
