@@ -26,8 +26,7 @@ fn relay_killed_repeatedly_keeps_every_event_once() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let mut expected = enqueue_initial_rows(dir.path());
 
-    let mut children = 0;
-    for delay in KILL_DELAYS_MS {
+    for (children, delay) in KILL_DELAYS_MS.into_iter().enumerate() {
         let mut child = crash_support::spawn(TEST, "relay", dir.path());
         let ready = child.wait_for(Duration::from_secs(30), |line| line == "ready");
         assert!(ready.is_some(), "child {children} never became ready");
@@ -37,7 +36,6 @@ fn relay_killed_repeatedly_keeps_every_event_once() {
                 expected.insert(parse_event(event));
             }
         }
-        children += 1;
     }
 
     let broker = Broker::open(dir.path()).expect("reopen the broker");
@@ -50,7 +48,7 @@ fn relay_killed_repeatedly_keeps_every_event_once() {
 
     let published = read_topic(&broker);
     let mut counts: HashMap<&(String, u64), usize> = HashMap::new();
-    for (_, event) in &published {
+    for event in published.values() {
         *counts.entry(event).or_default() += 1;
     }
     let duplicates: Vec<_> = counts.iter().filter(|(_, &count)| count > 1).collect();
@@ -94,7 +92,7 @@ fn enqueue_initial_rows(db: &Path) -> HashSet<(String, u64)> {
             .map(|n| (format!("customer-{}", n % KEYS), n / KEYS))
             .collect();
         outbox
-            .transaction(&[orders.clone()], |tx| {
+            .transaction(std::slice::from_ref(&orders), |tx| {
                 for event in &events {
                     let order_key = format!("{}-{}", event.0, event.1);
                     tx.tree(0).insert(order_key.as_bytes(), &b"placed"[..])?;

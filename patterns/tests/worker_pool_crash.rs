@@ -100,11 +100,15 @@ fn start_pool(broker: &Broker, effects: &sled::Tree) -> WorkerPool {
     WorkerPool::start(broker, TOPIC, "appliers", config, move |delivery, _| {
         std::thread::sleep(Duration::from_millis(2));
         let job = delivery.id().unwrap_or_default().to_string();
-        let outcome = inbox.process::<_, InboxError, _>(delivery, &[effects.clone()], |trees| {
-            increment(&trees[0], job.as_bytes())?;
-            increment(&trees[0], TOTAL_KEY)?;
-            Ok(())
-        })?;
+        let outcome = inbox.process::<_, InboxError, _>(
+            delivery,
+            std::slice::from_ref(&effects),
+            |trees| {
+                increment(&trees[0], job.as_bytes())?;
+                increment(&trees[0], TOTAL_KEY)?;
+                Ok(())
+            },
+        )?;
         if outcome == Processed::Duplicate {
             crash_support::report(&format!("duplicate {job}"));
         }

@@ -53,8 +53,9 @@ pub enum WorkerError {
 /// Why a handler did not process a message, and whether a retry can help.
 ///
 /// A retryable error (the default, also for `?` on any error type) returns the message to the
-/// group after the pool's backoff for its attempt; at the topic's `max_deliveries` the broker
-/// moves it to the dead-letter topic instead. A permanent error dead-letters it at once.
+/// group after the pool's backoff for its attempt; on the topic's last allowed delivery
+/// (`max_deliveries`) the pool dead-letters it instead. A permanent error dead-letters it at
+/// once.
 ///
 /// # Examples
 ///

@@ -9,9 +9,11 @@
 //!   [`Inbox`](crate::Inbox) to make its sled writes happen once.
 //! - **Settling.** `Ok` acks. A retryable [`HandlerError`] or a panic returns the message with
 //!   [`Delivery::nack_after`](aqueduct::Delivery::nack_after) and the pool's exponential
-//!   backoff for its attempt; attempts are counted by the broker and survive restarts. When a
-//!   message reaches the topic's `max_deliveries`, the broker moves it to the dead-letter topic
-//!   instead. A permanent `HandlerError` dead-letters it at once.
+//!   backoff for its attempt; attempts are counted by the broker and survive restarts. A
+//!   failure on the topic's last allowed delivery (`max_deliveries`) dead-letters the message
+//!   with the handler's error as its reason. A permanent `HandlerError` dead-letters it at once.
+//!   In a per-key group the broker then parks the message's key: later messages of that key
+//!   wait until an operator calls [`Broker::release_key`](aqueduct::Broker::release_key).
 //! - **Ordering.** With [`OrderingMode::PerKey`](aqueduct::OrderingMode::PerKey), a message
 //!   waits while an earlier message of its key is in a handler or waiting for its retry, so
 //!   each key is handled in order by one worker at a time, also across retries.

@@ -68,8 +68,8 @@ impl WorkerPool {
     ///
     /// The handler's result settles the delivery: `Ok` acks it, a retryable
     /// [`HandlerError`] (or a panic) returns it for redelivery after the configured backoff
-    /// for its attempt, and a permanent one dead-letters it. At the topic's `max_deliveries`,
-    /// the broker dead-letters a returned message instead of delivering it again.
+    /// for its attempt, and a permanent one dead-letters it. A failure on the topic's last
+    /// allowed delivery (`max_deliveries`) dead-letters the message with the handler's error.
     ///
     /// # Examples
     ///

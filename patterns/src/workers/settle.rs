@@ -148,7 +148,7 @@ impl Shared {
                     offset,
                     id = %id,
                     %error,
-                    "handler rejected the message; dead-lettered"
+                    "message dead-lettered"
                 );
             }
             Err(settle_error) => tracing::error!(
@@ -166,9 +166,16 @@ impl Shared {
     }
 
     fn retry(&self, delivery: Delivery, error: &HandlerError, context: &WorkerContext) {
-        let (partition, offset, id) = position(&delivery);
         let attempt = delivery.attempt();
-        let last = self.max_deliveries.is_some_and(|max| attempt >= max);
+        if let Some(max) = self.max_deliveries.filter(|max| attempt >= *max) {
+            // The broker would dead-letter the nack with its own reason; dead-lettering here
+            // keeps the handler's error in the dead letter.
+            let reason =
+                HandlerError::permanent(format!("{error} (delivery {attempt} of at most {max})"));
+            self.dead_letter(delivery, &reason, context);
+            return;
+        }
+        let (partition, offset, id) = position(&delivery);
         // A stopping worker hands the message back at once, so another worker takes it now.
         let delay = if context.stop_requested() {
             Duration::ZERO
@@ -187,34 +194,19 @@ impl Shared {
             );
             return;
         }
-        if last {
-            self.dead_lettered.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(
-                topic = %self.topic,
-                group = %self.group,
-                worker = context.worker(),
-                partition,
-                offset,
-                id = %id,
-                attempt,
-                %error,
-                "message reached the topic's max deliveries; dead-lettered"
-            );
-        } else {
-            self.retried.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(
-                topic = %self.topic,
-                group = %self.group,
-                worker = context.worker(),
-                partition,
-                offset,
-                id = %id,
-                attempt,
-                delay_ms = delay.as_millis() as u64,
-                %error,
-                "handler failed; retrying after backoff"
-            );
-        }
+        self.retried.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            topic = %self.topic,
+            group = %self.group,
+            worker = context.worker(),
+            partition,
+            offset,
+            id = %id,
+            attempt,
+            delay_ms = delay.as_millis() as u64,
+            %error,
+            "handler failed; retrying after backoff"
+        );
     }
 
     /// Logs a failed receive; repeats are logged at warn once per ten.
