@@ -245,9 +245,9 @@ impl Consumer {
     }
 
     /// Pops the next delivery, moving the batch fetched ahead into the buffer once its flush
-    /// round is done, and fetching the batch after it when the buffer runs low. Leases older
-    /// than half the ack timeout, or from before a rebalance, are returned to the group instead,
-    /// because they may already be gone.
+    /// round is done, and fetching the batch after it right away, so that its flush round runs
+    /// while this batch is handed out. Leases older than half the ack timeout, or from before a
+    /// rebalance, are returned to the group instead, because they may already be gone.
     fn next_buffered(&mut self) -> Result<Option<Delivery>> {
         self.drop_stale();
         if self.buffer.is_empty() {
@@ -265,9 +265,7 @@ impl Consumer {
             self.fetched_at_ms = batch.fetched_at_ms;
             self.generation = batch.generation;
         }
-        if self.buffer.len() <= self.batch_size / 2 {
-            self.fetch_ahead()?;
-        }
+        self.fetch_ahead()?;
         Ok(self
             .buffer
             .pop_front()

@@ -5,8 +5,9 @@
 //! first unsettled offset; everything below it is settled.
 //!
 //! Guarantees:
-//! - A fetch writes the new attempt counts to storage and the caller waits for a flush round
-//!   before handing deliveries out, so attempts survive a crash of the process.
+//! - A fetch raises attempt counts in memory and marks the cursor dirty. The caller then
+//!   requests a flush round, which writes every dirty cursor before it fsyncs, and waits for
+//!   that round before handing deliveries out, so attempts survive a crash of the process.
 //! - An ack, nack or extend must carry the epoch of the current lease. A lease that expired and
 //!   was handed to another consumer has a newer epoch, so the old holder gets
 //!   [`Error::LeaseExpired`].
@@ -108,6 +109,9 @@ struct PartitionCursor {
     /// Attempt counts and settled flags read from storage for offsets not loaded yet.
     recovered: BTreeMap<u64, (u32, bool)>,
     run: Option<Run>,
+    /// One past the highest offset that was delivered or settled. Offsets from here on have no
+    /// cursor entry, so `record` stops scanning the window here.
+    touched_end: u64,
     dirty: bool,
     /// Whether `key_queues` is maintained (per-key mode only).
     track_keys: bool,
@@ -283,8 +287,9 @@ impl Group {
         state.generation
     }
 
-    /// Leases up to `max` deliverable messages to `consumer` and writes their attempt counts.
-    /// The caller must wait for a flush round before handing them out.
+    /// Leases up to `max` deliverable messages to `consumer` and marks the changed cursors
+    /// dirty. The caller must request a flush round, which writes them, and wait for it before
+    /// handing the deliveries out.
     pub fn fetch(&self, consumer: u64, max: usize) -> Result<Fetched> {
         let now = self.clock.now_ms();
         let mut state = self.state.lock();
@@ -314,9 +319,6 @@ impl Group {
         }
 
         for partition in 0..partition_count {
-            if state.partitions[partition].dirty {
-                self.write_cursor(&mut state, partition)?;
-            }
             self.share_committed(partition, state.partitions[partition].committed);
         }
         Ok(fetched)
@@ -393,6 +395,7 @@ impl Group {
             let cursor = &mut state.partitions[partition];
             cursor.ready.remove(&offset);
             cursor.dirty = true;
+            cursor.touched_end = cursor.touched_end.max(offset + 1);
             let Some(slot) = cursor.window.get_mut(&offset) else {
                 continue;
             };
@@ -825,6 +828,9 @@ impl PartitionCursor {
         let offset = self.loaded;
         self.loaded += 1;
         let (attempts, settled) = self.recovered.remove(&offset).unwrap_or((0, false));
+        if attempts > 0 || settled {
+            self.touched_end = self.touched_end.max(offset + 1);
+        }
         let key_hash = if self.track_keys {
             message.key.as_ref().map(|key| key_hash(key))
         } else {
@@ -856,6 +862,7 @@ impl PartitionCursor {
         slot.settled = true;
         slot.lease = None;
         let key_hash = slot.key_hash;
+        self.touched_end = self.touched_end.max(offset + 1);
         self.ready.remove(&offset);
         self.forget_key(offset, key_hash);
         self.dirty = true;
@@ -940,7 +947,7 @@ impl PartitionCursor {
         let committed = self.committed;
         let mut entries: Vec<(u64, u32, bool)> = self
             .window
-            .iter()
+            .range(..self.touched_end)
             .filter(|(_, slot)| slot.attempts > 0 || slot.settled)
             .map(|(offset, slot)| (offset - committed, slot.attempts, slot.settled))
             .collect();

@@ -31,8 +31,9 @@ use crate::record::{self, Block, DedupRecord, IndexRecord, Kind, StoredMessage};
 use crate::signal::Signal;
 use crate::storage::{BlockWrite, Storage};
 
-/// Number of written blocks per partition kept decoded for readers.
-const RECENT_BLOCKS: usize = 4;
+/// Number of written blocks per partition kept decoded for readers, 128 KiB of messages at the
+/// default block size.
+const RECENT_BLOCKS: usize = 16;
 
 /// Most messages in one block, whatever their size.
 const MAX_BLOCK_MESSAGES: usize = 4096;
@@ -443,9 +444,7 @@ impl TopicLog {
         let window = self.config.dedup_window_ms;
         let without_ids = messages.iter().all(|message| message.id.is_none());
         if !deduplicate || window == 0 || without_ids {
-            let positioned = messages.into_iter().enumerate().collect();
-            let receipts = self.append_positioned(positioned)?;
-            return Ok(receipts.into_iter().map(|(_, receipt)| receipt).collect());
+            return self.append_in_order(messages);
         }
 
         let mut index = self.dedup.lock();
@@ -485,6 +484,19 @@ impl TopicLog {
             tracing::trace!(topic = %self.name, "deduplicated messages by id");
         }
         Ok(receipts.into_iter().flatten().collect())
+    }
+
+    /// Appends messages without consulting the dedup index and returns their receipts in input
+    /// order.
+    fn append_in_order(&self, messages: Vec<StoredMessage>) -> Result<Vec<Receipt>> {
+        if let [message] = messages.as_slice() {
+            // One message, the case of `Broker::publish`, needs no grouping by partition.
+            let partition = self.choose_partition(message.key.as_deref().map(|key| &key[..]));
+            return self.append(partition, messages);
+        }
+        let positioned = messages.into_iter().enumerate().collect();
+        let receipts = self.append_positioned(positioned)?;
+        Ok(receipts.into_iter().map(|(_, receipt)| receipt).collect())
     }
 
     /// Appends `(position, message)` pairs, grouped by partition, and returns each position's

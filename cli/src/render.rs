@@ -17,7 +17,7 @@ pub enum PayloadFormat {
     /// UTF-8 text; invalid bytes as `\xNN`, control characters escaped.
     #[default]
     Text,
-    /// JSON when the payload parses as JSON, otherwise text.
+    /// JSON (pretty-printed with --full) when the payload parses as JSON, otherwise text.
     Json,
     /// Lowercase hexadecimal.
     Hex,

@@ -35,8 +35,7 @@ pub struct WindowArgs {
     )]
     pub count: u64,
 
-    /// How to show payloads: text (invalid UTF-8 as \xNN), json (pretty-printed when the payload
-    /// parses as JSON, text otherwise) or hex
+    /// Payload display format
     #[arg(long, short, value_enum, default_value_t)]
     pub format: PayloadFormat,
 

@@ -14,8 +14,8 @@ pub struct ReplayArgs {
     /// Dead-letter topic to replay from
     pub topic: String,
 
-    /// Consumer group on the dead-letter topic that records which dead letters were replayed;
-    /// a second run with the same group continues where the first stopped
+    /// Consumer group on the dead-letter topic that tracks replay progress; a later run with
+    /// the same group continues where this one stopped
     #[arg(long, short)]
     pub group: String,
 
