@@ -3,6 +3,8 @@
 use std::io;
 use std::path::PathBuf;
 
+use crate::render::count_of;
+
 /// A failed command: what went wrong, on which value, and what to do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
@@ -50,8 +52,9 @@ pub enum CliError {
 
     /// `--partition` is not a partition of the topic.
     #[error(
-        "partition {partition} not found in topic {topic:?}, which has {count} partition(s); \
-         pass --partition from 0 to {}",
+        "partition {partition} not found in topic {topic:?}, which has {}; pass --partition \
+         from 0 to {}",
+        count_of(u64::from(*count), "partition"),
         count.saturating_sub(1)
     )]
     PartitionNotFound {
@@ -74,8 +77,9 @@ pub enum CliError {
 
     /// `purge` was run without `--yes`.
     #[error(
-        "purge removes all {messages} retained message(s) of topic {topic:?} and cannot be \
-         undone; run it again with --yes to confirm"
+        "purge removes all {} of topic {topic:?} and cannot be undone; run it again with \
+         --yes to confirm",
+        count_of(*messages, "retained message")
     )]
     PurgeNotConfirmed {
         /// The topic name.

@@ -48,8 +48,8 @@ enum Command {
     /// List topics with their size, groups and configuration
     Topics,
 
-    /// Show consumer groups: lag per partition, in-flight deliveries, oldest unacknowledged
-    /// message, counters
+    /// Show consumer groups: lag per partition, in-flight deliveries, parked keys, oldest
+    /// unacknowledged message, counters
     Groups {
         /// Show only the groups of this topic
         topic: Option<String>,

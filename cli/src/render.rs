@@ -150,6 +150,15 @@ pub fn duration(duration: Duration) -> String {
     humantime::format_duration(Duration::from_secs(duration.as_secs())).to_string()
 }
 
+/// Formats `count` followed by `noun`, with an `s` added to `noun` unless `count` is 1.
+pub fn count_of(count: u64, noun: &str) -> String {
+    if count == 1 {
+        format!("{count} {noun}")
+    } else {
+        format!("{count} {noun}s")
+    }
+}
+
 /// Formats a byte count with a binary unit (B, KiB, MiB, GiB, TiB).
 pub fn bytes(count: u64) -> String {
     const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];

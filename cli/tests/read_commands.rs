@@ -2,6 +2,9 @@
 
 mod common;
 
+use std::time::Duration;
+
+use aqueduct::{ConsumerConfig, OrderingMode};
 use common::{aqueduct, assert_fits, prepare, DEAD_LETTER_REASON, LONG_JSON, ORDERS};
 use serde_json::Value;
 
@@ -125,9 +128,36 @@ fn groups_json_has_counters() {
     let db = prepare(1);
     let json = aqueduct(db.path(), &["groups", "--json"]).json();
     let billing = find(&json["groups"], "name", "billing");
-    for counter in ["redeliveries", "dead_letters", "unconsumed_removals"] {
+    let counters = [
+        "redeliveries",
+        "dead_letters",
+        "unconsumed_removals",
+        "parked_keys",
+    ];
+    for counter in counters {
         assert!(billing[counter].is_u64(), "{counter} missing: {billing}");
     }
+}
+
+#[test]
+fn groups_json_counts_parked_keys() {
+    let db = prepare(0);
+    let broker = common::open(db.path());
+    let per_key = ConsumerConfig::default().ordering(OrderingMode::PerKey);
+    let mut auditor = broker
+        .subscribe_with("orders", "auditor", per_key)
+        .expect("subscribe auditor");
+    let delivery = auditor
+        .recv_timeout(Duration::from_secs(5))
+        .expect("receive")
+        .expect("a delivery within 5 s");
+    delivery.dead_letter("rejected").expect("dead-letter");
+    drop(auditor);
+    drop(broker);
+
+    let json = aqueduct(db.path(), &["groups", "orders", "--json"]).json();
+    let auditor = find(&json["groups"], "name", "auditor");
+    assert_eq!(auditor["parked_keys"], 1);
 }
 
 #[test]

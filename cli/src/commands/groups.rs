@@ -1,5 +1,5 @@
-//! `aqueduct groups`: consumer groups with lag per partition, in-flight deliveries, the age of
-//! the oldest unacknowledged message and the broker's counters.
+//! `aqueduct groups`: consumer groups with lag per partition, in-flight deliveries, parked keys,
+//! the age of the oldest unacknowledged message and the broker's counters.
 
 use std::time::Duration;
 
@@ -103,6 +103,7 @@ impl GroupsReport {
             Column::left("ORDERING"),
             Column::right("LAG"),
             Column::right("IN FLIGHT"),
+            Column::right("PARKED KEYS"),
             Column::left("OLDEST UNACKED").flexible(),
         ]);
         for group in &self.groups {
@@ -116,6 +117,7 @@ impl GroupsReport {
                 ordering(stats.ordering).to_string(),
                 stats.lag.to_string(),
                 stats.in_flight.to_string(),
+                stats.parked_keys.to_string(),
                 oldest,
             ]);
         }

@@ -39,12 +39,3 @@ fn require_dead_letter_topic(broker: &Broker, topic: &str) -> Result<()> {
         known,
     })
 }
-
-/// Adds `s` to `noun` when `count` is not 1.
-fn plural(count: u64, noun: &str) -> String {
-    if count == 1 {
-        format!("{count} {noun}")
-    } else {
-        format!("{count} {noun}s")
-    }
-}

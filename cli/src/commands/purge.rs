@@ -4,9 +4,9 @@ use aqueduct::Broker;
 use clap::Args;
 use serde::Serialize;
 
-use super::plural;
 use crate::error::{CliError, Result};
 use crate::output::Report;
+use crate::render::count_of;
 
 /// Arguments of `purge`.
 #[derive(Debug, Clone, Args)]
@@ -60,7 +60,7 @@ impl Report for PurgeReport {
     fn text(&self, _width: usize) -> Vec<String> {
         vec![format!(
             "removed {} from topic {}; new messages continue at the next offsets",
-            plural(self.removed, "message"),
+            count_of(self.removed, "message"),
             self.topic
         )]
     }

@@ -4,9 +4,9 @@ use aqueduct::Broker;
 use clap::Args;
 use serde::Serialize;
 
-use super::plural;
 use crate::error::Result;
 use crate::output::Report;
+use crate::render::count_of;
 
 /// Arguments of `replay`.
 #[derive(Debug, Clone, Args)]
@@ -67,13 +67,13 @@ impl Report for ReplayReport {
         vec![
             format!(
                 "replayed {} from {} to their source topics",
-                plural(self.replayed as u64, "dead letter"),
+                count_of(self.replayed as u64, "dead letter"),
                 self.topic
             ),
             format!(
-                "{} not replayed yet for group {}",
-                plural(self.remaining, "dead letter"),
-                self.group
+                "group {} has {} left to replay",
+                self.group,
+                count_of(self.remaining, "dead letter")
             ),
         ]
     }
