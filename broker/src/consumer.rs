@@ -245,9 +245,10 @@ impl Consumer {
     }
 
     /// Pops the next delivery, moving the batch fetched ahead into the buffer once its flush
-    /// round is done, and fetching the batch after it right away, so that its flush round runs
-    /// while this batch is handed out. Leases older than half the ack timeout, or from before a
-    /// rebalance, are returned to the group instead, because they may already be gone.
+    /// round is done, and fetching the batch after it while the buffer holds fewer than
+    /// `prefetch` deliveries, so that its flush round runs while this batch is handed out. With
+    /// a prefetch of 1 nothing is fetched ahead. Leases older than half the ack timeout, or from
+    /// before a rebalance, are returned to the group instead, because they may already be gone.
     fn next_buffered(&mut self) -> Result<Option<Delivery>> {
         self.drop_stale();
         if self.buffer.is_empty() {
@@ -265,7 +266,9 @@ impl Consumer {
             self.fetched_at_ms = batch.fetched_at_ms;
             self.generation = batch.generation;
         }
-        self.fetch_ahead()?;
+        if self.buffer.len() < self.config.prefetch {
+            self.fetch_ahead()?;
+        }
         Ok(self
             .buffer
             .pop_front()
