@@ -4,7 +4,7 @@
 //!   (the default) and flushes at the end of each iteration. Baselines: raw sled with one key
 //!   per message and the same flush, and a crossbeam channel send (the in-memory ceiling).
 //! - `end_to_end`: a producer thread publishes while the benchmark thread receives and acks
-//!   every message with one consumer, then flushes. Baselines: a raw-sled queue (the producer
+//!   every message with one consumer, then flushes. Prints messages per fsync. Baselines: a raw-sled queue (the producer
 //!   inserts one key per message, the consumer gets and removes each key in order) and a
 //!   crossbeam channel producer/consumer pair.
 //! - `publish_flushed_concurrent`: 64 threads publish with `Durability::Flushed`, so every
@@ -105,6 +105,8 @@ fn end_to_end(c: &mut Criterion) {
     let fixture = BrokerFixture::open(Durability::default());
     let broker = &fixture.broker;
     let mut consumer = broker.subscribe(TOPIC, "bench").expect("subscribe");
+    let fsyncs_before = broker.fsync_count();
+    let mut delivered = 0;
     group.bench_function("aqueduct", |b| {
         b.iter(|| {
             std::thread::scope(|scope| {
@@ -124,8 +126,14 @@ fn end_to_end(c: &mut Criterion) {
                 }
             });
             broker.flush().expect("flush");
+            delivered += MESSAGES;
         });
     });
+    report_fsyncs(
+        "end_to_end/aqueduct",
+        delivered,
+        broker.fsync_count() - fsyncs_before,
+    );
     drop(consumer);
     drop(fixture);
 
@@ -201,7 +209,7 @@ fn publish_flushed_concurrent(c: &mut Criterion) {
         });
     });
     let fsyncs = fixture.broker.fsync_count() - fsyncs_before;
-    report_fsyncs("aqueduct", published, fsyncs);
+    report_fsyncs("publish_flushed_concurrent/aqueduct", published, fsyncs);
     drop(gang);
     drop(fixture);
 
@@ -220,14 +228,14 @@ fn publish_flushed_concurrent(c: &mut Criterion) {
     group.finish();
 }
 
-/// Prints messages per fsync, unless the benchmark was filtered out and published nothing.
-fn report_fsyncs(name: &str, messages: u64, fsyncs: u64) {
+/// Prints messages per fsync, unless the benchmark was filtered out and moved no messages.
+fn report_fsyncs(benchmark: &str, messages: u64, fsyncs: u64) {
     if messages == 0 {
         return;
     }
     let per_fsync = messages as f64 / fsyncs.max(1) as f64;
     println!(
-        "publish_flushed_concurrent/{name}: {messages} messages, {fsyncs} fsyncs, \
+        "{benchmark}: {messages} messages, {fsyncs} fsyncs, \
          {per_fsync:.1} messages per fsync"
     );
 }
