@@ -16,6 +16,11 @@
 //!   resizable workers in one consumer group with retry backoff, dead letters and graceful
 //!   shutdown; [`Inbox`] makes a handler's sled writes happen once per message.
 //!
+//! - **Sagas**: [`SagaOrchestrator`] runs [`Saga`] definitions step by step, with timeouts,
+//!   retries and compensation in reverse order, stores each saga's state and history and
+//!   resumes unfinished sagas after a crash; [`Choreography`] carries a correlation id through
+//!   events and rebuilds one flow across topics.
+//!
 //! Everything lives in sled trees of the broker's database (opened with
 //! [`Broker::tree`](aqueduct::Broker::tree)), so application data, events and projection
 //! checkpoints can change in one sled transaction.
@@ -26,6 +31,7 @@ mod cqrs;
 mod event_store;
 mod inbox;
 mod outbox;
+mod saga;
 mod signal;
 mod workers;
 
@@ -55,6 +61,14 @@ pub use crate::inbox::{Inbox, InboxConfig, InboxError, Processed};
 pub use crate::workers::{
     AsyncWorkerPool, HandlerError, PoolStats, ShutdownReport, WorkerConfig, WorkerContext,
     WorkerError, WorkerPool, MAX_WORKERS,
+};
+
+// Sagas.
+pub use crate::saga::{
+    Action, Activity, Choreography, ChoreographyError, FlowEvent, HistoryEntry, HistoryEvent,
+    OrchestratorHandle, PollReport, RetryPolicy, Saga, SagaConfig, SagaError, SagaOrchestrator,
+    SagaRequest, SagaState, SagaStatus, SagaSummary, Started, Step, StepContext, StepError,
+    StepKind, CAUSATION_ID_HEADER, CORRELATION_ID_HEADER, IDEMPOTENCY_KEY_HEADER,
 };
 
 // Shared.
