@@ -483,8 +483,10 @@ impl ConsumerConfig {
     /// Each fetch waits for one flush round (an fsync) that makes its attempt counts durable,
     /// so larger batches raise throughput. Fetches start at 16 and double while the consumer
     /// outpaces the flushes. Buffered deliveries are leased to this consumer; dropping it
-    /// returns them. After a crash, a message that was buffered but never handed out counts
-    /// that fetch as a delivery attempt. Default 1024; bounds 1 to 10 000.
+    /// returns them. With a prefetch of 1 the consumer leases only the delivery it hands out,
+    /// so the next message stays free for other members of the group. After a crash, a message
+    /// that was buffered but never handed out counts that fetch as a delivery attempt. Default
+    /// 1024; bounds 1 to 10 000.
     #[must_use]
     pub fn prefetch(mut self, prefetch: usize) -> Self {
         self.prefetch = prefetch;

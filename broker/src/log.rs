@@ -495,7 +495,9 @@ impl TopicLog {
             return self.append(partition, messages);
         }
         let positioned = messages.into_iter().enumerate().collect();
-        let receipts = self.append_positioned(positioned)?;
+        // `append_positioned` returns the receipts grouped by partition.
+        let mut receipts = self.append_positioned(positioned)?;
+        receipts.sort_unstable_by_key(|(position, _)| *position);
         Ok(receipts.into_iter().map(|(_, receipt)| receipt).collect())
     }
 

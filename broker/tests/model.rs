@@ -45,7 +45,8 @@ fn op() -> impl Strategy<Value = Op> {
     ];
     let delay = prop_oneof![Just(ACK_TIMEOUT_MS / 10), Just(ACK_TIMEOUT_MS * 3 / 2)];
     prop_oneof![
-        5 => prop::collection::vec(key, 1..=3).prop_map(Op::Publish),
+        5 => (prop::collection::vec(key, 1..=4), any::<bool>())
+            .prop_map(|(keys, ids)| Op::Publish { keys, ids }),
         10 => slot.clone().prop_map(Op::Receive),
         4 => held.clone().prop_map(Op::Ack),
         1 => held.clone().prop_map(Op::Nack),

@@ -23,7 +23,10 @@ fn one_group(prefetch: usize) -> Setup {
 #[test]
 fn ack_after_broker_close_survives_reopen() {
     let ops = [
-        Op::Publish(vec![None]),
+        Op::Publish {
+            keys: vec![None],
+            ids: true,
+        },
         Op::Receive(0),
         Op::Reopen { settle_late: true },
     ];
@@ -35,7 +38,10 @@ fn per_key_dead_letter_parks_key() {
     let mut setup = one_group(1);
     setup.groups[0].ordering = OrderingMode::PerKey;
     let ops = [
-        Op::Publish(vec![Some(0), Some(0)]),
+        Op::Publish {
+            keys: vec![Some(0), Some(0)],
+            ids: true,
+        },
         Op::Receive(0),
         Op::DeadLetter(0),
     ];
@@ -47,7 +53,10 @@ fn buffered_stale_ack_at_delivery_limit() {
     let mut setup = one_group(4);
     setup.max_deliveries = Some(2);
     let ops = [
-        Op::Publish(vec![None, None, None]),
+        Op::Publish {
+            keys: vec![None, None, None],
+            ids: true,
+        },
         Op::Receive(1),
         Op::Ack(0),
         Op::Receive(0),
@@ -58,5 +67,29 @@ fn buffered_stale_ack_at_delivery_limit() {
         Op::Ack(2),
         Op::Receive(0),
     ];
+    delivery_model::run(&setup, &ops);
+}
+
+#[test]
+fn second_consumer_gets_next_offset() {
+    let ops = [
+        Op::Publish {
+            keys: vec![None, None],
+            ids: true,
+        },
+        Op::Receive(0),
+        Op::Receive(1),
+    ];
+    delivery_model::run(&one_group(1), &ops);
+}
+
+#[test]
+fn batch_receipts_follow_input_order() {
+    let mut setup = one_group(1);
+    setup.partitions = 2;
+    let ops = [Op::Publish {
+        keys: vec![None, None, None],
+        ids: false,
+    }];
     delivery_model::run(&setup, &ops);
 }

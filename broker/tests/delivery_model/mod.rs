@@ -59,9 +59,14 @@ pub struct GroupSetup {
 /// modulo their number, and a step that finds none does nothing.
 #[derive(Clone, Debug)]
 pub enum Op {
-    /// Publishes one message per entry, with the key `KEYS[i]` or no key. Two or more entries
-    /// go through `publish_batch`.
-    Publish(Vec<Option<usize>>),
+    /// Publishes one message per entry of `keys`, with the key `KEYS[i]` or no key. Two or more
+    /// entries go through `publish_batch`.
+    Publish {
+        /// One key index or `None` per message.
+        keys: Vec<Option<usize>>,
+        /// Whether the messages carry ids, which sends them through deduplication.
+        ids: bool,
+    },
     /// Calls `try_recv` on a consumer slot, subscribing first if the slot is empty.
     Receive(usize),
     /// Acks a held delivery.
@@ -128,6 +133,7 @@ struct HeldDelivery {
 struct Published {
     key: Option<usize>,
     number: u64,
+    with_id: bool,
 }
 
 struct GroupModel {
@@ -206,8 +212,8 @@ impl Published {
         format!("payload {}", self.number).into_bytes()
     }
 
-    fn id(&self) -> String {
-        format!("message-{}", self.number)
+    fn id(&self) -> Option<String> {
+        self.with_id.then(|| format!("message-{}", self.number))
     }
 
     fn key(&self) -> Option<&'static [u8]> {
@@ -216,8 +222,10 @@ impl Published {
 
     fn message(&self) -> Message {
         let mut message = Message::new(self.payload())
-            .id(self.id())
             .header(SEQUENCE_HEADER, self.number.to_be_bytes().to_vec());
+        if let Some(id) = self.id() {
+            message = message.id(id);
+        }
         if let Some(key) = self.key() {
             message = message.key(key);
         }
@@ -282,7 +290,7 @@ impl World {
 
     fn apply(&mut self, op: &Op) {
         match op {
-            Op::Publish(keys) => self.publish(keys),
+            Op::Publish { keys, ids } => self.publish(keys, *ids),
             Op::Receive(slot) => self.receive(*slot),
             Op::Ack(index) => self.settle(*index, Settle::Ack),
             Op::Nack(index) => self.settle(*index, Settle::Nack { delay_ms: 0 }),
@@ -377,7 +385,7 @@ impl World {
         self.setup.max_deliveries.is_some_and(|max| attempts >= max)
     }
 
-    fn publish(&mut self, keys: &[Option<usize>]) {
+    fn publish(&mut self, keys: &[Option<usize>], with_id: bool) {
         let messages: Vec<Published> = keys
             .iter()
             .map(|key| {
@@ -385,6 +393,7 @@ impl World {
                 Published {
                     key: key.map(|index| index % KEYS.len()),
                     number: self.next_number,
+                    with_id,
                 }
             })
             .collect();
@@ -719,7 +728,7 @@ impl World {
         let number = published.number;
         assert_eq!(payload, published.payload(), "{ctx}: payload of {number}");
         assert_eq!(key, published.key(), "{ctx}: key of {number}");
-        assert_eq!(id, Some(published.id().as_str()), "{ctx}: id of {number}");
+        assert_eq!(id, published.id().as_deref(), "{ctx}: id of {number}");
         assert_eq!(
             sequence,
             Some(&number.to_be_bytes()[..]),
