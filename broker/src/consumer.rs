@@ -279,15 +279,18 @@ impl Consumer {
         let now = self.group.clock.now_ms();
         let max_age = self.group.topic.config.ack_timeout_ms / 2;
         let generation = self.group.generation();
-        if !self.buffer.is_empty()
-            && (now.saturating_sub(self.fetched_at_ms) > max_age || self.generation != generation)
-        {
+        let buffer_stale = !self.buffer.is_empty()
+            && (now.saturating_sub(self.fetched_at_ms) > max_age || self.generation != generation);
+        if buffer_stale {
             let stale: Vec<Leased> = self.buffer.drain(..).collect();
             self.group.release_unhanded(&stale);
         }
-        let ahead_stale = self.ahead.as_ref().is_some_and(|batch| {
-            now.saturating_sub(batch.fetched_at_ms) > max_age || batch.generation != generation
-        });
+        // The batch fetched ahead holds later offsets than the returned buffer, so it goes back
+        // too. Handing it out first would put those offsets before the returned ones.
+        let ahead_stale = buffer_stale
+            || self.ahead.as_ref().is_some_and(|batch| {
+                now.saturating_sub(batch.fetched_at_ms) > max_age || batch.generation != generation
+            });
         if ahead_stale {
             if let Some(batch) = self.ahead.take() {
                 self.group.release_unhanded(&batch.leased);

@@ -548,6 +548,11 @@ impl Group {
                     slot.not_before = now.saturating_add(delay_ms);
                 }
                 cursor.ready.insert(offset);
+                // The owner's buffer may hold later offsets of this partition. A new generation
+                // makes consumers return their buffers, so the redelivery comes first.
+                if self.ordering == OrderingMode::PerPartition {
+                    state.generation += 1;
+                }
                 wake = true;
             }
             Outcome::DeadLetter { reason } => {
