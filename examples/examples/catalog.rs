@@ -390,6 +390,7 @@ fn open(path: &Path) -> Result<App, Box<dyn std::error::Error>> {
         std::fs::remove_dir_all(path)?;
     }
     let broker = Broker::open(path)?;
+
     let durability = Durability::Buffered {
         max_delay: Duration::from_millis(10),
     };
@@ -399,11 +400,13 @@ fn open(path: &Path) -> Result<App, Box<dyn std::error::Error>> {
         EventStoreConfig::default().durability(durability),
     )?;
     let products = Repository::<Product>::new(store.clone())?.retry_on_conflict(3);
+
     let search_projection = SearchProjection {
         upcasters: Upcasters::new(),
     };
     let config = ProjectionConfig::default().batch_size(64);
     let search = ProjectionRunner::from_store(&store, "catalog-search", search_projection, config)?;
+
     broker.create_topic(STOCK_TOPIC, TopicConfig::default().partitions(2))?;
     let stock = ProjectionRunner::from_topic(
         &broker,
@@ -412,6 +415,7 @@ fn open(path: &Path) -> Result<App, Box<dyn std::error::Error>> {
         StockProjection,
         ProjectionConfig::default(),
     )?;
+
     println!(
         "opened catalog database at {} (events buffered up to 10 ms before they reach disk)",
         path.display()

@@ -42,7 +42,7 @@ impl Aggregate for Balance {
     }
 }
 
-/// A repository whose events are stamped by a manual clock starting at `START_MS`.
+/// Opens a repository whose events are stamped by a manual clock starting at `START_MS`.
 fn repository() -> (Broker, Arc<ManualClock>, Repository<Balance>) {
     let clock = ManualClock::new(START_MS);
     let broker = Broker::temporary().expect("broker");
@@ -171,7 +171,7 @@ fn timestamps_never_go_back() {
 }
 
 #[test]
-fn position_at_finds_last_event_at_or_before_time() {
+fn position_at_finds_time_boundary() {
     let (_broker, clock, repository) = repository();
     history(&clock, &repository);
     let store = repository.store();

@@ -2,7 +2,7 @@
 
 use crate::event_store::{EventStoreError, WrongExpectedVersion};
 
-/// Why a command did not produce stored events.
+/// The reason a command did not produce stored events.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RepositoryError<E: std::error::Error + 'static> {

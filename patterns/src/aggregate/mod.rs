@@ -9,7 +9,7 @@
 //! # Guarantees
 //!
 //! - A command whose append lost a race is run again on freshly loaded state, up to the
-//!   configured number of retries; otherwise the caller gets
+//!   configured number of retries. After the last retry the caller gets
 //!   [`RepositoryError::Conflict`].
 //! - Loading from a snapshot applies only the events after the snapshot's version, checks
 //!   that each event's version is the next one, and returns the stream's current version.
@@ -85,7 +85,7 @@ pub trait Aggregate: Default + Serialize + DeserializeOwned + Send + Sync + 'sta
     /// The events the aggregate produces and applies.
     type Event: DomainEvent;
 
-    /// Why a command is rejected.
+    /// The reason a command is rejected.
     type Error: std::error::Error + Send + Sync + 'static;
 
     /// Decides which events `command` produces, or rejects it. Must not change state: the

@@ -159,12 +159,12 @@ impl<A: Aggregate> Repository<A> {
         self
     }
 
-    /// The event store.
+    /// Returns the event store.
     pub fn store(&self) -> &EventStore {
         &self.store
     }
 
-    /// The upcasters in use.
+    /// Returns the upcasters in use.
     pub fn upcaster_set(&self) -> &Upcasters {
         &self.upcasters
     }

@@ -4,7 +4,7 @@ use sled::transaction::UnabortableTransactionError;
 
 use crate::event_store::EventStoreError;
 
-/// Why a projection could not apply an event. Returned by
+/// The reason a projection could not apply an event. Returned by
 /// [`Projection::apply`](crate::Projection::apply).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -24,9 +24,9 @@ pub enum ApplyError {
     /// The event's payload does not decode into the projection's event type.
     #[error("event at {position} does not decode: {reason}")]
     Decode {
-        /// Where the event is, formatted.
+        /// The event's position, formatted.
         position: String,
-        /// What went wrong.
+        /// The cause of the failure.
         reason: String,
     },
 
@@ -56,11 +56,11 @@ pub enum ProjectionError {
     /// A projection or table name would make an invalid tree or group name.
     #[error("invalid {kind} name {name:?}: {reason}; use 1 to 100 characters of [A-Za-z0-9._-]")]
     InvalidName {
-        /// What the name is for: `"projection"` or `"table"`.
+        /// The kind of name: `"projection"` or `"table"`.
         kind: &'static str,
         /// The rejected name.
         name: String,
-        /// Why it was rejected.
+        /// The reason for the rejection.
         reason: &'static str,
     },
 
@@ -107,7 +107,7 @@ pub enum ProjectionError {
     Stopped {
         /// The projection.
         projection: String,
-        /// Why it stopped.
+        /// The cause of the stop.
         cause: String,
     },
 
@@ -133,7 +133,7 @@ pub enum ProjectionError {
         tree: String,
         /// The key, in hex.
         key: String,
-        /// What was wrong.
+        /// The defect found.
         reason: String,
     },
 

@@ -15,8 +15,8 @@
 //!   read model includes it.
 //! - **Rebuild without downtime.** [`ProjectionRunner::rebuild`] replays the event store into
 //!   a fresh generation of tables while queries keep reading the current one, then swaps the
-//!   new generation in at the exact checkpoint of the live one. A query that holds a
-//!   [`ModelView`] keeps reading the generation it started on.
+//!   new generation in at the exact checkpoint of the live one. A query that keeps a
+//!   [`ModelView`] reads the generation it started on.
 //! - **Failures stop the runner.** A batch that keeps failing is retried with backoff, then
 //!   the runner stops and reports the error through [`ProjectionRunner::wait_for`],
 //!   [`ProjectionRunner::status`] and [`ProjectionRunner::stop`]; it never skips the event.
@@ -112,7 +112,7 @@ pub enum SourceEvent {
 }
 
 impl SourceEvent {
-    /// The event's position in its source.
+    /// Returns the event's position in its source.
     pub fn position(&self) -> Position {
         match self {
             SourceEvent::Stored(event) => Position::from(event.position),
@@ -120,7 +120,7 @@ impl SourceEvent {
         }
     }
 
-    /// The encoded event.
+    /// Returns the encoded event.
     pub fn payload(&self) -> &[u8] {
         match self {
             SourceEvent::Stored(event) => &event.payload,
@@ -244,7 +244,7 @@ impl<'a> ModelWriter<'a> {
         ModelWriter { names, tables }
     }
 
-    /// The declared table names.
+    /// Returns the declared table names.
     pub fn table_names(&self) -> &[String] {
         self.names
     }

@@ -1,8 +1,8 @@
 //! Read-model generations and the query side.
 //!
 //! Each generation of a projection's read model is one sled tree per table, named
-//! `projection.NAME.GENERATION.TABLE`. Queries take a [`ModelView`] of the active generation;
-//! a rebuild swaps a new generation in, and the old one is emptied once the last view of it
+//! `projection.NAME.GENERATION.TABLE`. Queries take a [`ModelView`] of the active generation.
+//! A rebuild swaps a new generation in, and the old one is emptied once the last view of it
 //! is dropped.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -196,7 +196,7 @@ impl ModelView {
             })
     }
 
-    /// The generation number; it grows by one with every rebuild.
+    /// Returns the generation number, which grows by one with every rebuild.
     pub fn generation(&self) -> u64 {
         self.generation.number
     }

@@ -31,7 +31,7 @@ struct State {
     poisoned: Option<String>,
 }
 
-/// Flushes the sled database that holds the store's tree.
+/// Flushes the sled database that contains the store's tree.
 pub(crate) struct DiskSync {
     tree: sled::Tree,
     db_file: Option<(PathBuf, File)>,

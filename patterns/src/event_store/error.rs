@@ -33,7 +33,7 @@ pub enum EventStoreError {
     InvalidStream {
         /// The rejected name.
         stream: String,
-        /// Why it was rejected.
+        /// The reason for the rejection.
         reason: &'static str,
     },
 
@@ -45,7 +45,7 @@ pub enum EventStoreError {
     InvalidCategory {
         /// The category.
         category: String,
-        /// Why it was rejected.
+        /// The reason for the rejection.
         reason: &'static str,
     },
 
@@ -54,7 +54,7 @@ pub enum EventStoreError {
     InvalidEventType {
         /// The rejected name.
         event_type: String,
-        /// Why it was rejected.
+        /// The reason for the rejection.
         reason: &'static str,
     },
 
@@ -70,7 +70,7 @@ pub enum EventStoreError {
     InvalidName {
         /// The rejected name.
         name: String,
-        /// Why it was rejected.
+        /// The reason for the rejection.
         reason: &'static str,
     },
 
@@ -102,7 +102,7 @@ pub enum EventStoreError {
         schema_version: u32,
         /// The Rust type it was decoded into.
         type_name: &'static str,
-        /// What went wrong and what to register or fix.
+        /// The cause, and what to register or fix.
         reason: String,
     },
 
@@ -130,7 +130,7 @@ pub enum EventStoreError {
         tree: String,
         /// The key, in hex.
         key: String,
-        /// What was wrong.
+        /// The defect found.
         reason: String,
     },
 

@@ -8,10 +8,11 @@
 //!   same expected version, exactly one wins; the other gets
 //!   `Ok(Err(`[`WrongExpectedVersion`]`))`.
 //! - **Versions and positions.** Stream versions are dense from 1. Global positions are dense
-//!   from 0 across all streams and follow commit order. sled 0.34 runs every transaction under
-//!   one process-wide write lock that plain reads also take once any transaction has run, so a
-//!   reader sees an append completely or not at all, and never sees position `p + 1` before
-//!   `p`. Readers also stop at the first missing position.
+//!   from 0 across all streams and follow commit order. sled 0.34.7 runs every transaction
+//!   under one process-wide write lock, and once any transaction has run, plain reads and
+//!   iterator steps take the same lock for reading (`src/concurrency_control.rs`). A reader
+//!   therefore gets an append completely or not at all, and never gets position `p + 1`
+//!   before `p`. Readers also stop at the first missing position.
 //! - **Timestamps** never decrease along global positions: an append takes the later of the
 //!   clock and the previous event's timestamp, so "state at time T" is a prefix of the log.
 //! - **Durability** follows [`EventStoreConfig::durability`]; see the `durability` module.
@@ -21,26 +22,31 @@
 //! Every transaction in the process takes sled's global lock, so appends are serialized with
 //! each other and with the broker's dead-letter moves. Keep transaction bodies short.
 
+mod config;
 mod durability;
 mod error;
+mod read;
 mod record;
 mod subscription;
 mod types;
 mod upcast;
+mod validate;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use aqueduct::{Broker, Clock, Durability, SystemClock};
+use aqueduct::{Broker, Clock};
 use sled::transaction::{
     ConflictableTransactionError, ConflictableTransactionResult, TransactionError,
     TransactionalTree,
 };
 
 use self::durability::DiskSync;
-use self::record::{EventRecord, HeadOfLog, SnapshotRecord, StreamHead, TypeRecord};
+use self::record::{HeadOfLog, StreamHead, TypeRecord};
+use self::validate::{check_format, validate_append, validate_store_name};
 use crate::signal::Signal;
 
+pub use self::config::{EventStoreConfig, StreamAppend};
 pub use self::error::{EventStoreError, WrongExpectedVersion};
 pub use self::subscription::Subscription;
 pub use self::types::{
@@ -48,87 +54,8 @@ pub use self::types::{
 };
 pub use self::upcast::Upcasters;
 
-/// Longest stream and event type name, in bytes.
+/// Maximum length of stream and event type names, in bytes.
 pub const MAX_NAME_BYTES: usize = 255;
-
-/// Settings of an [`EventStore`].
-///
-/// # Examples
-///
-/// ```
-/// use std::time::Duration;
-/// use aqueduct::Durability;
-/// use aqueduct_patterns::EventStoreConfig;
-///
-/// let config = EventStoreConfig::default()
-///     .durability(Durability::Buffered { max_delay: Duration::from_millis(5) });
-/// # let _ = config;
-/// ```
-#[derive(Clone)]
-pub struct EventStoreConfig {
-    durability: Durability,
-    clock: Arc<dyn Clock>,
-}
-
-impl Default for EventStoreConfig {
-    fn default() -> Self {
-        EventStoreConfig {
-            durability: Durability::Flushed,
-            clock: Arc::new(SystemClock),
-        }
-    }
-}
-
-impl EventStoreConfig {
-    /// Sets when an append is on disk. Default: [`Durability::Flushed`], so an append that
-    /// returned survives a crash of the process or the machine.
-    #[must_use]
-    pub fn durability(mut self, durability: Durability) -> Self {
-        self.durability = durability;
-        self
-    }
-
-    /// Sets the clock that stamps appended events. Default: the system clock.
-    #[must_use]
-    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.clock = clock;
-        self
-    }
-}
-
-impl std::fmt::Debug for EventStoreConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EventStoreConfig")
-            .field("durability", &self.durability)
-            .finish_non_exhaustive()
-    }
-}
-
-/// The appends of one stream inside a multi-stream append.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StreamAppend {
-    /// The stream.
-    pub stream: String,
-    /// What the stream's version must be.
-    pub expected: ExpectedVersion,
-    /// The events, in order.
-    pub events: Vec<NewEvent>,
-}
-
-impl StreamAppend {
-    /// Creates the appends of one stream.
-    pub fn new(
-        stream: impl Into<String>,
-        expected: ExpectedVersion,
-        events: Vec<NewEvent>,
-    ) -> Self {
-        StreamAppend {
-            stream: stream.into(),
-            expected,
-            events,
-        }
-    }
-}
 
 /// An event store on the broker's sled database.
 ///
@@ -168,7 +95,7 @@ struct Inner {
     broker: Broker,
 }
 
-/// Why an append transaction stopped without committing.
+/// The reason an append transaction stopped without committing.
 enum Abort {
     Conflict(WrongExpectedVersion),
     Store(EventStoreError),
@@ -239,22 +166,22 @@ impl EventStore {
         Ok(store)
     }
 
-    /// The store's name.
+    /// Returns the store's name.
     pub fn name(&self) -> &str {
         &self.inner.name
     }
 
-    /// The broker whose database holds the store.
+    /// Returns the broker whose database contains the store.
     pub(crate) fn broker(&self) -> &Broker {
         &self.inner.broker
     }
 
-    /// The name of the sled tree that holds the store.
+    /// Returns the name of the sled tree that contains the store.
     pub(crate) fn tree_name(&self) -> String {
         self.inner.tree_name.clone()
     }
 
-    /// The sled tree that holds the store, for transactions that call
+    /// Returns the sled tree that contains the store, for transactions that call
     /// [`append_in`](Self::append_in).
     pub fn tree(&self) -> &sled::Tree {
         &self.inner.tree
@@ -574,297 +501,6 @@ impl EventStore {
         Ok(())
     }
 
-    /// Returns the stream's version: the version of its last event, or 0 for no events.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let broker = aqueduct::Broker::temporary()?;
-    /// let store = aqueduct_patterns::EventStore::open(&broker, "empty")?;
-    /// assert_eq!(store.stream_version("nobody-1")?, 0);
-    /// # Ok(())
-    /// # }
-    /// ```
-    ///
-    /// # Errors
-    ///
-    /// [`EventStoreError::Corrupt`] and [`EventStoreError::Storage`].
-    pub fn stream_version(&self, stream: &str) -> Result<u64, EventStoreError> {
-        let key = record::head_key(stream);
-        match self.inner.tree.get(&key)? {
-            Some(bytes) => {
-                let head: StreamHead = record::decode(&self.inner.tree_name, &key, &bytes)?;
-                Ok(head.version)
-            }
-            None => Ok(0),
-        }
-    }
-
-    /// Returns the position the next appended event will get, which is also the number of
-    /// events in the store.
-    ///
-    /// # Errors
-    ///
-    /// [`EventStoreError::Corrupt`] and [`EventStoreError::Storage`].
-    pub fn next_position(&self) -> Result<u64, EventStoreError> {
-        Ok(self.head_of_log()?.next_position)
-    }
-
-    fn head_of_log(&self) -> Result<HeadOfLog, EventStoreError> {
-        match self.inner.tree.get(record::HEAD_OF_LOG_KEY)? {
-            Some(bytes) => record::decode(&self.inner.tree_name, record::HEAD_OF_LOG_KEY, &bytes),
-            None => Ok(HeadOfLog::default()),
-        }
-    }
-
-    /// Reads up to `max` events of `stream` with versions from `from_version` on, oldest
-    /// first.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// # use aqueduct_patterns::{EventStore, ExpectedVersion, NewEvent};
-    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let broker = aqueduct::Broker::temporary()?;
-    /// # let store = EventStore::open(&broker, "read")?;
-    /// let events = (0..3).map(|i| NewEvent::new("Ticked", 1, vec![i])).collect();
-    /// store.append("clock-1", ExpectedVersion::Any, events)?.expect("no conflict");
-    /// let tail = store.read_stream("clock-1", 2, 10)?;
-    /// assert_eq!(tail.iter().map(|e| e.version).collect::<Vec<_>>(), [2, 3]);
-    /// # Ok(())
-    /// # }
-    /// ```
-    ///
-    /// # Errors
-    ///
-    /// [`EventStoreError::Corrupt`] and [`EventStoreError::Storage`].
-    pub fn read_stream(
-        &self,
-        stream: &str,
-        from_version: u64,
-        max: usize,
-    ) -> Result<Vec<RecordedEvent>, EventStoreError> {
-        let start = record::stream_key(stream, from_version);
-        let end = record::stream_key(stream, u64::MAX);
-        let range = self.inner.tree.range(start..=end);
-        self.resolve_index(range.take(max))
-    }
-
-    /// Reads up to `max` events of `stream` with versions from `from_version` down, newest
-    /// first. Pass `u64::MAX` to start at the stream's last event.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// # use aqueduct_patterns::{EventStore, ExpectedVersion, NewEvent};
-    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let broker = aqueduct::Broker::temporary()?;
-    /// # let store = EventStore::open(&broker, "backward")?;
-    /// let events = (0..3).map(|i| NewEvent::new("Ticked", 1, vec![i])).collect();
-    /// store.append("clock-1", ExpectedVersion::Any, events)?.expect("no conflict");
-    /// let last_two = store.read_stream_backward("clock-1", u64::MAX, 2)?;
-    /// assert_eq!(last_two.iter().map(|e| e.version).collect::<Vec<_>>(), [3, 2]);
-    /// # Ok(())
-    /// # }
-    /// ```
-    ///
-    /// # Errors
-    ///
-    /// [`EventStoreError::Corrupt`] and [`EventStoreError::Storage`].
-    pub fn read_stream_backward(
-        &self,
-        stream: &str,
-        from_version: u64,
-        max: usize,
-    ) -> Result<Vec<RecordedEvent>, EventStoreError> {
-        let start = record::stream_key(stream, 0);
-        let end = record::stream_key(stream, from_version);
-        let range = self.inner.tree.range(start..=end).rev();
-        self.resolve_index(range.take(max))
-    }
-
-    fn resolve_index(
-        &self,
-        entries: impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>,
-    ) -> Result<Vec<RecordedEvent>, EventStoreError> {
-        let mut events = Vec::new();
-        for entry in entries {
-            let (key, value) = entry?;
-            let position = record::decode_position(&self.inner.tree_name, &key, &value)?;
-            match self.read_event(position)? {
-                Some(event) => events.push(event),
-                None => {
-                    return Err(EventStoreError::Corrupt {
-                        tree: self.inner.tree_name.clone(),
-                        key: record::hex(&key),
-                        reason: format!("the stream index points to missing position {position}"),
-                    })
-                }
-            }
-        }
-        Ok(events)
-    }
-
-    /// Reads the event at global `position`, or `None` when there is none yet.
-    ///
-    /// # Errors
-    ///
-    /// [`EventStoreError::Corrupt`] and [`EventStoreError::Storage`].
-    pub fn read_event(&self, position: u64) -> Result<Option<RecordedEvent>, EventStoreError> {
-        let key = record::event_key(position);
-        match self.inner.tree.get(key)? {
-            Some(bytes) => Ok(Some(self.to_recorded(position, &key, &bytes)?)),
-            None => Ok(None),
-        }
-    }
-
-    /// Reads up to `max` events of all streams from global position `from_position` on, in
-    /// position order. The result is dense: it stops before the first missing position.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// # use aqueduct_patterns::{EventStore, ExpectedVersion, NewEvent};
-    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let broker = aqueduct::Broker::temporary()?;
-    /// # let store = EventStore::open(&broker, "all")?;
-    /// store.append("a-1", ExpectedVersion::Any, vec![NewEvent::new("X", 1, vec![])])?.expect("ok");
-    /// store.append("b-1", ExpectedVersion::Any, vec![NewEvent::new("Y", 1, vec![])])?.expect("ok");
-    /// let all = store.read_all(0, 100)?;
-    /// assert_eq!(all.iter().map(|e| e.stream.as_str()).collect::<Vec<_>>(), ["a-1", "b-1"]);
-    /// # Ok(())
-    /// # }
-    /// ```
-    ///
-    /// # Errors
-    ///
-    /// [`EventStoreError::Corrupt`] and [`EventStoreError::Storage`].
-    pub fn read_all(
-        &self,
-        from_position: u64,
-        max: usize,
-    ) -> Result<Vec<RecordedEvent>, EventStoreError> {
-        let start = record::event_key(from_position);
-        let end = record::event_key(u64::MAX);
-        let mut events = Vec::new();
-        let entries = self.inner.tree.range(start..=end).take(max);
-        for (expected, entry) in (from_position..).zip(entries) {
-            let (key, value) = entry?;
-            if record::event_position(&key) != Some(expected) {
-                break;
-            }
-            events.push(self.to_recorded(expected, &key, &value)?);
-        }
-        Ok(events)
-    }
-
-    /// Returns the last global position whose event was appended at or before `time_ms`
-    /// (milliseconds since the Unix epoch), or `None` when the first event is later.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// # use aqueduct_patterns::{EventStore, ExpectedVersion, NewEvent};
-    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let broker = aqueduct::Broker::temporary()?;
-    /// # let store = EventStore::open(&broker, "time")?;
-    /// store.append("a-1", ExpectedVersion::Any, vec![NewEvent::new("X", 1, vec![])])?.expect("ok");
-    /// assert_eq!(store.position_at(0)?, None);
-    /// assert_eq!(store.position_at(u64::MAX)?, Some(0));
-    /// # Ok(())
-    /// # }
-    /// ```
-    ///
-    /// # Errors
-    ///
-    /// [`EventStoreError::Corrupt`] and [`EventStoreError::Storage`].
-    pub fn position_at(&self, time_ms: u64) -> Result<Option<u64>, EventStoreError> {
-        // Timestamps never decrease along positions, so binary search finds the boundary.
-        let mut low = 0;
-        let mut high = self.next_position()?;
-        while low < high {
-            let middle = low + (high - low) / 2;
-            let timestamp = match self.read_event(middle)? {
-                Some(event) => event.timestamp_ms,
-                None => u64::MAX,
-            };
-            if timestamp <= time_ms {
-                low = middle + 1;
-            } else {
-                high = middle;
-            }
-        }
-        Ok(low.checked_sub(1))
-    }
-
-    /// Lists the event types and schema versions stored in streams of `category` (the part
-    /// of a stream name before its first `-`).
-    ///
-    /// # Errors
-    ///
-    /// [`EventStoreError::Corrupt`] and [`EventStoreError::Storage`].
-    pub fn event_types(&self, category: &str) -> Result<Vec<EventTypeInfo>, EventStoreError> {
-        let mut types = Vec::new();
-        for entry in self.inner.tree.scan_prefix(record::type_prefix(category)) {
-            let (key, value) = entry?;
-            let Some((event_type, schema_version)) = record::parse_type_key(category, &key) else {
-                return Err(EventStoreError::Corrupt {
-                    tree: self.inner.tree_name.clone(),
-                    key: record::hex(&key),
-                    reason: "malformed event type key".to_string(),
-                });
-            };
-            let stored: TypeRecord = record::decode(&self.inner.tree_name, &key, &value)?;
-            types.push(EventTypeInfo {
-                event_type,
-                schema_version,
-                first_position: stored.first_position,
-                last_position: stored.last_position,
-            });
-        }
-        Ok(types)
-    }
-
-    /// Stores `snapshot` as the latest snapshot of `stream`, replacing the previous one.
-    ///
-    /// # Errors
-    ///
-    /// [`EventStoreError::InvalidStream`], [`EventStoreError::Encode`] and
-    /// [`EventStoreError::Storage`].
-    pub fn save_snapshot(&self, stream: &str, snapshot: &Snapshot) -> Result<(), EventStoreError> {
-        validate_stream(stream)?;
-        let value = record::encode(&record::SnapshotRecordRef {
-            version: snapshot.version,
-            position: snapshot.position,
-            schema_version: snapshot.schema_version,
-            state: &snapshot.state,
-        })?;
-        self.inner
-            .tree
-            .insert(record::snapshot_key(stream), value)?;
-        Ok(())
-    }
-
-    /// Loads the latest snapshot of `stream`, if any.
-    ///
-    /// # Errors
-    ///
-    /// [`EventStoreError::Corrupt`] and [`EventStoreError::Storage`].
-    pub fn load_snapshot(&self, stream: &str) -> Result<Option<Snapshot>, EventStoreError> {
-        let key = record::snapshot_key(stream);
-        let Some(bytes) = self.inner.tree.get(&key)? else {
-            return Ok(None);
-        };
-        let stored: SnapshotRecord = record::decode(&self.inner.tree_name, &key, &bytes)?;
-        Ok(Some(Snapshot {
-            version: stored.version,
-            position: stored.position,
-            schema_version: stored.schema_version,
-            state: stored.state,
-        }))
-    }
-
     /// Starts a catch-up subscription at global position `from_position`. It reads stored
     /// events first and then waits for new ones, without gaps or duplicates.
     ///
@@ -896,24 +532,6 @@ impl EventStore {
     pub(crate) fn wait_for_append(&self, seen: u64, timeout: Duration) {
         self.inner.appended.wait(seen, timeout);
     }
-
-    fn to_recorded(
-        &self,
-        position: u64,
-        key: &[u8],
-        bytes: &[u8],
-    ) -> Result<RecordedEvent, EventStoreError> {
-        let stored: EventRecord = record::decode(&self.inner.tree_name, key, bytes)?;
-        Ok(RecordedEvent {
-            position,
-            stream: stored.stream,
-            version: stored.version,
-            event_type: stored.event_type,
-            schema_version: stored.schema_version,
-            timestamp_ms: stored.timestamp_ms,
-            payload: stored.payload,
-        })
-    }
 }
 
 impl std::fmt::Debug for EventStore {
@@ -923,92 +541,4 @@ impl std::fmt::Debug for EventStore {
             .field("tree", &self.inner.tree_name)
             .finish_non_exhaustive()
     }
-}
-
-fn check_format(tree_name: &str, tree: &sled::Tree) -> Result<(), EventStoreError> {
-    match tree.get(record::FORMAT_KEY)? {
-        Some(found) => match found.first() {
-            Some(&record::RECORD_FORMAT) => Ok(()),
-            Some(&other) => Err(EventStoreError::IncompatibleFormat {
-                tree: tree_name.to_string(),
-                found: other,
-                supported: record::RECORD_FORMAT,
-            }),
-            None => Err(EventStoreError::Corrupt {
-                tree: tree_name.to_string(),
-                key: record::hex(record::FORMAT_KEY),
-                reason: "the format record is empty".to_string(),
-            }),
-        },
-        None => {
-            tree.insert(record::FORMAT_KEY, &[record::RECORD_FORMAT])?;
-            Ok(())
-        }
-    }
-}
-
-fn validate_store_name(name: &str) -> Result<(), EventStoreError> {
-    let reason = if name.is_empty() {
-        Some("it is empty")
-    } else if name.len() > 200 {
-        Some("it is longer than 200 bytes")
-    } else if !name
-        .bytes()
-        .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'-'))
-    {
-        Some("use only [A-Za-z0-9._-]")
-    } else {
-        None
-    };
-    match reason {
-        Some(reason) => Err(EventStoreError::InvalidName {
-            name: name.to_string(),
-            reason,
-        }),
-        None => Ok(()),
-    }
-}
-
-pub(crate) fn validate_stream(stream: &str) -> Result<(), EventStoreError> {
-    let reason = if stream.is_empty() {
-        Some("it is empty")
-    } else if stream.len() > MAX_NAME_BYTES {
-        Some("it is longer than 255 bytes")
-    } else if stream.contains('\0') {
-        Some("it contains NUL")
-    } else {
-        None
-    };
-    match reason {
-        Some(reason) => Err(EventStoreError::InvalidStream {
-            stream: stream.to_string(),
-            reason,
-        }),
-        None => Ok(()),
-    }
-}
-
-fn validate_append(stream: &str, events: &[NewEvent]) -> Result<(), EventStoreError> {
-    validate_stream(stream)?;
-    if events.is_empty() {
-        return Err(EventStoreError::EmptyAppend {
-            stream: stream.to_string(),
-        });
-    }
-    for event in events {
-        let reason = if event.event_type.is_empty() {
-            Some("it is empty")
-        } else if event.event_type.len() > MAX_NAME_BYTES {
-            Some("it is longer than 255 bytes")
-        } else {
-            None
-        };
-        if let Some(reason) = reason {
-            return Err(EventStoreError::InvalidEventType {
-                event_type: event.event_type.clone(),
-                reason,
-            });
-        }
-    }
-    Ok(())
 }

@@ -99,7 +99,7 @@ pub(crate) fn event_position(key: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(bytes))
 }
 
-/// The prefix of every index key of `stream`.
+/// Returns the prefix of every index key of `stream`.
 pub(crate) fn stream_prefix(stream: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(stream.len() + 10);
     key.push(STREAM_INDEX);
@@ -152,7 +152,8 @@ pub(crate) fn parse_type_key(category: &str, key: &[u8]) -> Option<(String, u32)
     Some((name, u32::from_be_bytes(version)))
 }
 
-/// The stream category: the part of the name before the first `-`, or the whole name.
+/// Returns the stream category: the part of the name before the first `-`, or the whole
+/// name.
 pub(crate) fn category(stream: &str) -> &str {
     stream.split('-').next().unwrap_or(stream)
 }

@@ -16,7 +16,7 @@ use super::EventStore;
 /// Events read per batch.
 const BATCH: usize = 256;
 
-/// Longest single wait, so that appends made through `append_in` without a call to
+/// Maximum single wait, so that appends made through `append_in` without a call to
 /// `committed` are still seen.
 const POLL: Duration = Duration::from_millis(50);
 

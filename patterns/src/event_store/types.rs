@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::error::EventStoreError;
 
-/// What an append expects of the stream's current version.
+/// The stream version an append expects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ExpectedVersion {
     /// Append whatever the stream's version is. Never conflicts.
@@ -48,9 +48,9 @@ impl fmt::Display for ExpectedVersion {
 /// An application event that the store can encode, with a type name and schema version
 /// stored next to it.
 ///
-/// The payload is the postcard encoding of the whole value, so an event enum keeps its
-/// variants in place: add new variants at the end, and when a variant's fields change, raise
-/// that variant's [`event_version`](Self::event_version) and register an
+/// The payload is the postcard encoding of the whole value, so an event enum must keep its
+/// variants in place. Add new variants at the end. When a variant's fields change, raise that
+/// variant's [`event_version`](Self::event_version) and register an
 /// [`Upcasters`](crate::Upcasters) step from the old version.
 ///
 /// # Examples
@@ -172,7 +172,7 @@ pub struct RecordedEvent {
     pub payload: Vec<u8>,
 }
 
-/// Where an append put its events.
+/// The versions and positions an append assigned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Appended {
     /// The stream's version after the append: the version of its last event.

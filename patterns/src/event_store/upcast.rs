@@ -67,7 +67,7 @@ impl Upcasters {
     /// Adds a step that decodes a payload of `event_type` at `from_version` as `Old`, maps it
     /// with `upcast` and encodes the result as version `from_version + 1`. `Old` is a copy of
     /// the event enum as it was when that version was written, with its variants in the same
-    /// order; `New` is the next version's enum, which may be the current one.
+    /// order. `New` is the next version's enum, which may be the current one.
     #[must_use]
     pub fn add<Old, New>(
         self,

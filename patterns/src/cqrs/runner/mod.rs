@@ -1,135 +1,29 @@
 //! The projection runner: a thread that feeds a projection and keeps its checkpoint.
 
+mod config;
+mod rebuild;
+mod topic;
+
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use aqueduct::{Broker, Consumer, ConsumerConfig, Delivery, OrderingMode};
+use aqueduct::{Broker, Consumer, ConsumerConfig, OrderingMode};
 use parking_lot::{Condvar, Mutex};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
 use super::checkpoint::{self, Checkpoint, ACTIVE_KEY};
 use super::error::{ApplyError, ProjectionError};
 use super::read_model::{Generation, ReadModel};
-use super::{ModelWriter, Position, Projection, SourceEvent, TopicMessage};
+use super::{ModelWriter, Position, Projection, SourceEvent};
 use crate::event_store::EventStore;
 
-/// Longest wait for new events before the runner checks for a stop or a due flush.
+pub use self::config::{ProjectionConfig, RebuildReport};
+
+/// Maximum wait for new events before the runner checks for a stop or a due flush.
 const IDLE_WAIT: Duration = Duration::from_millis(100);
-
-/// Delay before a topic message that arrived ahead of an earlier one is offered again.
-const EARLY_RETRY: Duration = Duration::from_millis(50);
-
-/// Deliveries of a message that arrived ahead of a missing earlier offset, after which the
-/// runner accepts the gap (removed by retention or dead-lettered) and applies it.
-const GAP_ATTEMPTS: u32 = 3;
-
-/// Settings of a [`ProjectionRunner`].
-///
-/// # Examples
-///
-/// ```
-/// use std::time::Duration;
-/// use aqueduct_patterns::ProjectionConfig;
-///
-/// let config = ProjectionConfig::default()
-///     .batch_size(64)
-///     .flush_interval(Duration::from_millis(200))
-///     .max_attempts(3);
-/// # let _ = config;
-/// ```
-#[derive(Clone, Debug)]
-pub struct ProjectionConfig {
-    batch_size: usize,
-    flush_interval: Duration,
-    max_attempts: u32,
-    initial_backoff: Duration,
-    max_backoff: Duration,
-}
-
-impl Default for ProjectionConfig {
-    fn default() -> Self {
-        ProjectionConfig {
-            batch_size: 256,
-            flush_interval: Duration::from_secs(1),
-            max_attempts: 5,
-            initial_backoff: Duration::from_millis(50),
-            max_backoff: Duration::from_secs(2),
-        }
-    }
-}
-
-impl ProjectionConfig {
-    /// Sets the most events applied in one transaction. Default 256, from 1 to 65 536.
-    #[must_use]
-    pub fn batch_size(mut self, events: usize) -> Self {
-        self.batch_size = events;
-        self
-    }
-
-    /// Sets how often the runner flushes the database while it applies events. Default 1 s.
-    /// A crash loses at most this much read-model progress, which is then applied again.
-    #[must_use]
-    pub fn flush_interval(mut self, interval: Duration) -> Self {
-        self.flush_interval = interval;
-        self
-    }
-
-    /// Sets how many times a failing batch is tried before the runner stops. Default 5, at
-    /// least 1.
-    #[must_use]
-    pub fn max_attempts(mut self, attempts: u32) -> Self {
-        self.max_attempts = attempts;
-        self
-    }
-
-    /// Sets the wait before the first retry of a failing batch; it doubles per retry up to
-    /// `max`. Defaults 50 ms and 2 s.
-    #[must_use]
-    pub fn backoff(mut self, initial: Duration, max: Duration) -> Self {
-        self.initial_backoff = initial;
-        self.max_backoff = max;
-        self
-    }
-
-    fn validate(&self) -> Result<(), ProjectionError> {
-        if !(1..=65_536).contains(&self.batch_size) {
-            return Err(ProjectionError::InvalidConfig {
-                setting: "ProjectionConfig::batch_size",
-                value: self.batch_size.to_string(),
-                expected: "1 to 65536 events",
-            });
-        }
-        if self.max_attempts == 0 {
-            return Err(ProjectionError::InvalidConfig {
-                setting: "ProjectionConfig::max_attempts",
-                value: "0".to_string(),
-                expected: "at least 1",
-            });
-        }
-        if self.initial_backoff > self.max_backoff {
-            return Err(ProjectionError::InvalidConfig {
-                setting: "ProjectionConfig::backoff",
-                value: format!("{:?} > {:?}", self.initial_backoff, self.max_backoff),
-                expected: "an initial backoff no longer than the maximum",
-            });
-        }
-        Ok(())
-    }
-}
-
-/// What a rebuild did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RebuildReport {
-    /// The generation now active.
-    pub generation: u64,
-    /// How many events the new generation applied.
-    pub events: u64,
-    /// How long the rebuild took.
-    pub elapsed: Duration,
-}
 
 enum Source {
     Store(EventStore),
@@ -321,12 +215,12 @@ impl ProjectionRunner {
         })
     }
 
-    /// The projection's name.
+    /// Returns the projection's name.
     pub fn name(&self) -> &str {
         &self.shared.name
     }
 
-    /// The query side of the projection.
+    /// Returns the query side of the projection.
     pub fn read_model(&self) -> ReadModel {
         self.shared.model.clone()
     }
@@ -415,8 +309,9 @@ impl ProjectionRunner {
     fn shutdown(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
         if let Some(thread) = self.thread.take() {
-            // The thread catches panics of the projection, so joining cannot fail.
-            let _ = thread.join();
+            if thread.join().is_err() {
+                tracing::error!(projection = %self.shared.name, "runner thread panicked");
+            }
         }
     }
 }
@@ -493,92 +388,6 @@ impl Shared {
             }
         }
         Ok(())
-    }
-
-    fn run_topic(&self, consumer: &mut Consumer) -> Result<(), ProjectionError> {
-        let mut flusher = PeriodicFlush::new(self.config.flush_interval);
-        while !self.stop.load(Ordering::SeqCst) {
-            let deliveries = consumer.recv_batch(self.config.batch_size, IDLE_WAIT)?;
-            let applied = !deliveries.is_empty();
-            if applied {
-                self.apply_deliveries(deliveries)?;
-            }
-            flusher.record(applied);
-            if flusher.is_due() {
-                self.flush()?;
-                flusher.flushed();
-            }
-        }
-        Ok(())
-    }
-
-    /// Applies the deliveries that continue the checkpoint, acknowledges those and the ones
-    /// already applied, and returns early arrivals for redelivery.
-    fn apply_deliveries(&self, deliveries: Vec<Delivery>) -> Result<(), ProjectionError> {
-        let _applying = self.apply_lock.lock();
-        let generation = self.model.current();
-        let checkpoint = self.progress.lock().checkpoint.clone();
-
-        let mut next = checkpoint.clone();
-        let mut events = Vec::new();
-        let mut settle = Vec::new();
-        let mut early = Vec::new();
-        for delivery in deliveries {
-            let position = Position {
-                partition: delivery.partition(),
-                offset: delivery.offset(),
-            };
-            let expected = next.next_offset(position.partition);
-            if next.includes(position) {
-                settle.push(delivery);
-            } else if position.offset == expected || self.accepts_gap(&delivery, expected) {
-                next.advance(position);
-                events.push(SourceEvent::Message(position, topic_message(&delivery)));
-                settle.push(delivery);
-            } else {
-                early.push(delivery);
-            }
-        }
-
-        let after = self.apply_with_retries(&generation, &checkpoint, &events)?;
-        self.publish(after);
-        for delivery in settle {
-            let (partition, offset) = (delivery.partition(), delivery.offset());
-            if let Err(error) = delivery.ack() {
-                // The checkpoint already covers it, so a redelivery is only acknowledged.
-                tracing::debug!(projection = %self.name, partition, offset, %error, "ack failed");
-            }
-        }
-        for delivery in early {
-            let (partition, offset) = (delivery.partition(), delivery.offset());
-            if let Err(error) = delivery.nack_after(EARLY_RETRY) {
-                tracing::debug!(projection = %self.name, partition, offset, %error, "nack failed");
-            }
-        }
-        Ok(())
-    }
-
-    /// Decides whether a delivery ahead of the expected offset is applied anyway: when the
-    /// partition has no checkpoint yet (the group starts at the earliest retained message),
-    /// or when it came back `GAP_ATTEMPTS` times without the missing offsets arriving.
-    // NOTE: a topic whose max_deliveries is below GAP_ATTEMPTS dead-letters such a message
-    // before the runner accepts the gap.
-    fn accepts_gap(&self, delivery: &Delivery, expected: u64) -> bool {
-        if expected == 0 {
-            return true;
-        }
-        if delivery.attempt() >= GAP_ATTEMPTS {
-            tracing::warn!(
-                projection = %self.name,
-                topic = delivery.topic(),
-                partition = delivery.partition(),
-                missing_from = expected,
-                missing_to = delivery.offset(),
-                "offsets never arrived (retention or dead letters); continuing after them"
-            );
-            return true;
-        }
-        false
     }
 
     /// Applies `events` to `generation` with retries and backoff; returns the new checkpoint.
@@ -663,74 +472,6 @@ impl Shared {
         Ok(after)
     }
 
-    fn rebuild(&self) -> Result<RebuildReport, ProjectionError> {
-        let store = match &self.source {
-            Source::Store(store) => store,
-            Source::Topic(topic) => {
-                return Err(ProjectionError::RebuildUnsupported {
-                    projection: self.name.clone(),
-                    topic: topic.clone(),
-                })
-            }
-        };
-        let _one_rebuild = self.rebuild_lock.lock();
-        let started = Instant::now();
-        let old = self.model.current().number;
-        let number = checkpoint::stored_generations(&self.meta)?
-            .into_iter()
-            .chain([old])
-            .max()
-            .unwrap_or(old)
-            + 1;
-        let generation =
-            Generation::open(&self.broker, &self.meta, &self.name, number, &self.tables)?;
-        generation.clear()?;
-        tracing::info!(projection = %self.name, generation = number, "rebuild started");
-
-        let mut checkpoint = Checkpoint::default();
-        let mut applied = self.catch_up(store, &generation, &mut checkpoint, true)?;
-        let applying = self.apply_lock.lock();
-        applied += self.catch_up(store, &generation, &mut checkpoint, false)?;
-        self.meta.insert(ACTIVE_KEY, &number.to_be_bytes())?;
-        self.flush()?;
-        self.model.swap(generation);
-        self.publish(checkpoint);
-        drop(applying);
-
-        let report = RebuildReport {
-            generation: number,
-            events: applied,
-            elapsed: started.elapsed(),
-        };
-        tracing::info!(projection = %self.name, ?report, "rebuild swapped in");
-        Ok(report)
-    }
-
-    /// Applies stored events to `generation` from `checkpoint` on until none are left, or,
-    /// with `stop_at_short_batch`, until a batch comes back short. Returns how many.
-    fn catch_up(
-        &self,
-        store: &EventStore,
-        generation: &Generation,
-        checkpoint: &mut Checkpoint,
-        stop_at_short_batch: bool,
-    ) -> Result<u64, ProjectionError> {
-        let mut applied = 0;
-        loop {
-            let events = store.read_all(checkpoint.next_offset(0), self.config.batch_size)?;
-            let count = events.len();
-            if count == 0 {
-                return Ok(applied);
-            }
-            let events: Vec<SourceEvent> = events.into_iter().map(SourceEvent::Stored).collect();
-            *checkpoint = self.apply_with_retries(generation, checkpoint, &events)?;
-            applied += count as u64;
-            if stop_at_short_batch && count < self.config.batch_size {
-                return Ok(applied);
-            }
-        }
-    }
-
     fn publish(&self, checkpoint: Checkpoint) {
         self.progress.lock().checkpoint = checkpoint;
         self.progress_changed.notify_all();
@@ -799,20 +540,6 @@ fn into_transaction_error(error: ApplyError) -> ConflictableTransactionError<App
     match error {
         ApplyError::Storage(error) => error.into(),
         other => ConflictableTransactionError::Abort(other),
-    }
-}
-
-fn topic_message(delivery: &Delivery) -> TopicMessage {
-    TopicMessage {
-        topic: delivery.topic().to_string(),
-        key: delivery.key().map(<[u8]>::to_vec),
-        headers: delivery
-            .headers()
-            .map(|(name, value)| (name.to_string(), value.to_vec()))
-            .collect(),
-        id: delivery.id().map(str::to_string),
-        timestamp_ms: delivery.timestamp_ms(),
-        payload: delivery.payload().to_vec(),
     }
 }
 
