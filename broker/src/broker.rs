@@ -130,6 +130,8 @@ impl Broker {
             register_stored_groups(&storage, &topic)?;
             topics.insert(record.name, Arc::new(topic));
         }
+        // Only a store that loaded cleanly gets a new generation, and no flush round runs yet.
+        storage.begin_generation()?;
         let shared = Arc::new(Shared {
             storage,
             config: config.clone(),

@@ -41,6 +41,7 @@ mod consumer;
 mod dedup;
 mod error;
 mod flusher;
+mod generation;
 mod group;
 mod hash;
 mod log;

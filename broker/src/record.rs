@@ -26,6 +26,7 @@ pub(crate) enum Kind {
     Dedup = 6,
     Index = 7,
     Parked = 8,
+    Generation = 9,
 }
 
 /// One stored message inside a block.

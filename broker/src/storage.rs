@@ -20,7 +20,7 @@ use std::ffi::OsString;
 use std::fs::File;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
 use crate::error::{Error, Result};
+use crate::generation::{self, GenerationRecord, GENERATION_FILE};
 use crate::record::{
     self, CursorRecord, DedupRecord, GroupMetaRecord, IndexRecord, Kind, ParkedRecord, TopicRecord,
     FORMAT_VERSION,
@@ -51,6 +52,7 @@ const FORMAT_KEY: &[u8] = b"format";
 const TOPIC_PREFIX: &[u8] = b"topic/";
 const GROUP_PREFIX: &[u8] = b"group/";
 const PARKED_PREFIX: &[u8] = b"parked/";
+const GENERATION_KEY: &[u8] = b"generation";
 
 #[derive(Debug, Serialize, Deserialize)]
 struct FormatRecord {
@@ -72,6 +74,10 @@ pub(crate) struct Storage {
     synced_blobs: Mutex<HashSet<OsString>>,
     /// Set by every write, cleared by `flush_durable`.
     unsynced: AtomicBool,
+    /// Generation read from the generation file on open; `None` without the file.
+    recorded_generation: Option<u64>,
+    /// Generation written by `begin_generation`; 0 before that and for temporary databases.
+    generation: AtomicU64,
 }
 
 impl Storage {
@@ -87,7 +93,14 @@ impl Storage {
             path: db_path,
             source,
         })?;
-        Self::from_db(db, Some(db_file), Some(path.to_path_buf()))
+        // Read only while sled's lock is held, so no other broker is replacing the file.
+        let recorded_generation = generation::read(path)?;
+        Self::from_db(
+            db,
+            Some(db_file),
+            Some(path.to_path_buf()),
+            recorded_generation,
+        )
     }
 
     /// Creates a database in a temporary directory that sled removes on drop.
@@ -96,10 +109,15 @@ impl Storage {
             .temporary(true)
             .cache_capacity(cache_bytes);
         let db = config.open()?;
-        Self::from_db(db, None, None)
+        Self::from_db(db, None, None, None)
     }
 
-    fn from_db(db: sled::Db, db_file: Option<File>, path: Option<PathBuf>) -> Result<Self> {
+    fn from_db(
+        db: sled::Db,
+        db_file: Option<File>,
+        path: Option<PathBuf>,
+        recorded_generation: Option<u64>,
+    ) -> Result<Self> {
         let storage = Storage {
             meta: db.open_tree(META_TREE)?,
             log: db.open_tree(LOG_TREE)?,
@@ -111,7 +129,10 @@ impl Storage {
             poisoned: Mutex::new(None),
             synced_blobs: Mutex::new(HashSet::new()),
             unsynced: AtomicBool::new(false),
+            recorded_generation,
+            generation: AtomicU64::new(0),
         };
+        storage.check_generation()?;
         storage.check_format()?;
         Ok(storage)
     }
@@ -119,12 +140,20 @@ impl Storage {
     fn check_format(&self) -> Result<()> {
         match self.meta.get(FORMAT_KEY)? {
             Some(bytes) => {
-                let found: FormatRecord =
-                    record::decode(META_TREE, FORMAT_KEY, Kind::Format, &bytes)?;
-                if found.version != u32::from(FORMAT_VERSION) {
+                // Another format version may lay out even the format record differently, so
+                // its version byte is checked before the body is decoded.
+                let version_byte = bytes.first().copied().unwrap_or(FORMAT_VERSION);
+                let found = if version_byte == FORMAT_VERSION {
+                    let record: FormatRecord =
+                        record::decode(META_TREE, FORMAT_KEY, Kind::Format, &bytes)?;
+                    record.version
+                } else {
+                    u32::from(version_byte)
+                };
+                if found != u32::from(FORMAT_VERSION) {
                     return Err(Error::IncompatibleFormat {
                         path: self.path.clone().unwrap_or_default(),
-                        found: found.version,
+                        found,
                         supported: u32::from(FORMAT_VERSION),
                     });
                 }
@@ -139,6 +168,62 @@ impl Storage {
                 Ok(())
             }
         }
+    }
+
+    /// Fails with [`Error::Corrupt`] when sled recovered an older generation than the
+    /// generation file records, because then sled dropped data that had been made durable.
+    fn check_generation(&self) -> Result<()> {
+        let Some(recorded) = self.recorded_generation else {
+            return Ok(());
+        };
+        let stored = self.stored_generation()?;
+        if stored >= recorded {
+            return Ok(());
+        }
+        let file = self.path.clone().unwrap_or_default().join(GENERATION_FILE);
+        Err(Error::Corrupt {
+            tree: META_TREE,
+            key: record::hex(GENERATION_KEY),
+            reason: format!(
+                "sled recovered generation {stored}, but {} records generation {recorded}, so \
+                 sled dropped data that had been durable because the db file or a file under \
+                 blobs/ is damaged. To accept the database as it is instead, delete {}",
+                file.display(),
+                file.display()
+            ),
+        })
+    }
+
+    fn stored_generation(&self) -> Result<u64> {
+        let Some(bytes) = self.meta.get(GENERATION_KEY)? else {
+            return Ok(0);
+        };
+        let record: GenerationRecord =
+            record::decode(META_TREE, GENERATION_KEY, Kind::Generation, &bytes)?;
+        Ok(record.generation)
+    }
+
+    /// Records the next generation, in the meta tree and then in the generation file. Called
+    /// once the broker has loaded the store, before any flush round runs.
+    pub fn begin_generation(&self) -> Result<()> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        let previous = self
+            .stored_generation()?
+            .max(self.recorded_generation.unwrap_or(0));
+        self.record_generation(path, previous + 1)?;
+        self.generation.store(previous + 1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn record_generation(&self, dir: &Path, generation: u64) -> Result<()> {
+        self.check_writable()?;
+        let bytes = record::encode(Kind::Generation, &GenerationRecord { generation })?;
+        let result = self.meta.insert(GENERATION_KEY, bytes).map(drop);
+        self.guard(result)?;
+        self.flush_durable()?;
+        generation::write(dir, generation)
     }
 
     /// Opens an application tree, rejecting names under the reserved prefix.
@@ -541,6 +626,28 @@ impl Storage {
     }
 }
 
+impl Drop for Storage {
+    /// Records a closing generation, so that the next open also notices damage to what was
+    /// written after this store was opened.
+    fn drop(&mut self) {
+        let generation = *self.generation.get_mut();
+        let Some(path) = self.path.clone() else {
+            return;
+        };
+        if generation == 0 || self.check_writable().is_err() {
+            return;
+        }
+        if let Err(error) = self.record_generation(&path, generation + 1) {
+            tracing::warn!(
+                %error,
+                path = %path.display(),
+                "failed to record the closing generation; the next open checks against the \
+                 opening one"
+            );
+        }
+    }
+}
+
 /// A block to write.
 pub(crate) struct BlockWrite {
     pub topic_id: u32,
@@ -590,6 +697,13 @@ fn open_once(path: &Path, config: &sled::Config) -> Result<sled::Db> {
             tree: "sled",
             key: String::new(),
             reason: format!("sled reported corruption in {}", path.display()),
+        }),
+        // On open, sled 0.34 returns `Unsupported` for a `conf` file that is not UTF-8 or that
+        // names another sled version, segment size or compression setting.
+        Ok(Err(sled::Error::Unsupported(message))) => Err(Error::Corrupt {
+            tree: "sled",
+            key: String::new(),
+            reason: format!("sled cannot open {}: {message}", path.display()),
         }),
         Ok(Err(error)) => Err(Error::Storage(error)),
         Err(panic) => Err(Error::Corrupt {
