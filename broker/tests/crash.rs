@@ -3,11 +3,11 @@
 //!
 //! # How a child runs
 //!
-//! The parent runs this test binary again (`std::env::current_exe()`) with `--exact
-//! child_process`, so libtest runs only the `child_process` test, and sets `AQUEDUCT_CRASH_ROLE`
-//! to the work the child does. Without that variable `child_process` returns at once and passes,
-//! so normal runs are not affected. This needs no extra binary target, and parent and child always
-//! run the same build.
+//! The parent runs this test binary again (`/proc/self/exe` on Linux, else
+//! `std::env::current_exe()`) with `--exact child_process`, so libtest runs only the
+//! `child_process` test, and sets `AQUEDUCT_CRASH_ROLE` to the work the child does. Without that
+//! variable `child_process` returns at once and passes, so normal runs are not affected. This
+//! needs no extra binary target, and parent and child always run the same build.
 //!
 //! The child appends one line per observed event to an event file: `ready` once the broker is
 //! open, `published` after `publish` returned a receipt, `delivered` when a delivery was handed
@@ -116,8 +116,14 @@ fn flushed_mode_survives_kill() {
     let mut ledger = Ledger::new(None);
     for round in 0..rounds() {
         let mut child = ChildRun::spawn("flushed", &db, round, scratch.path());
-        child.wait_ready();
-        thread::sleep(Duration::from_millis(rng.random_range(0..500)));
+        // Every third kill does not wait for the child to open the store, so that some kills
+        // land while the child opens and recovers it.
+        if round % 3 == 2 {
+            thread::sleep(Duration::from_millis(rng.random_range(0..150)));
+        } else {
+            child.wait_ready();
+            thread::sleep(Duration::from_millis(rng.random_range(0..500)));
+        }
         let killed_at_ms = child.kill();
         ledger.check_events(round, &child.events(), killed_at_ms);
         ledger.check_store(&db, round);
@@ -498,7 +504,7 @@ impl ChildRun {
         let events_path = scratch.join(format!("{role}-{round}.events"));
         let stderr_path = scratch.join(format!("{role}-{round}.stderr"));
         let stderr = File::create(&stderr_path).expect("create child stderr file");
-        let exe = std::env::current_exe().expect("path of the test binary");
+        let exe = test_binary();
         let child = Command::new(exe)
             .args([
                 "--exact",
@@ -918,4 +924,14 @@ fn now_ms() -> u64 {
 
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).expect("duration in milliseconds fits u64")
+}
+
+/// Returns the path that runs this test binary again. On Linux that is `/proc/self/exe`,
+/// which still runs this build after cargo replaced the file on disk with a newer one.
+fn test_binary() -> PathBuf {
+    let proc_exe = Path::new("/proc/self/exe");
+    if proc_exe.exists() {
+        return proc_exe.to_path_buf();
+    }
+    std::env::current_exe().expect("path of the test binary")
 }
