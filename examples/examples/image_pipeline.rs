@@ -164,18 +164,18 @@ fn autoscale(
         let settled = stats.acked + stats.dead_lettered;
         let backlog = published.load(Ordering::Relaxed).saturating_sub(settled);
         let size = pool.size();
-        let wanted = if backlog > GROW_AT {
+        let target = if backlog > GROW_AT {
             BURST_WORKERS
         } else if backlog < SHRINK_AT {
             BASE_WORKERS
         } else {
             size
         };
-        if wanted != size {
-            pool.resize(wanted)?;
-            peak_workers.fetch_max(wanted, Ordering::Relaxed);
+        if target != size {
+            pool.resize(target)?;
+            peak_workers.fetch_max(target, Ordering::Relaxed);
             timeline.push(format!(
-                "{:>6.2} s          {size} -> {wanted} workers at a backlog of {backlog}",
+                "{:>6.2} s          {size} -> {target} workers at a backlog of {backlog}",
                 started.elapsed().as_secs_f64()
             ));
         }

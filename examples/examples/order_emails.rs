@@ -3,7 +3,7 @@
 //! The order service stores each order and its `order.created` event in one sled transaction.
 //! An outbox relay publishes the events to the `order.created` topic over a link that goes down
 //! for a second in the middle of the run. A pool of email workers sends one confirmation per
-//! order; the inbox records each sent email in the same transaction as its mark, so a
+//! order. The inbox records each sent email in the same transaction as its mark, so a
 //! redelivered event sends nothing twice. At the end the example checks that every order got
 //! exactly one email and shows how the outage turned into latency.
 //!
@@ -265,8 +265,8 @@ fn start_email_workers(broker: &Broker, emails: &sled::Tree) -> Result<WorkerPoo
     Ok(pool)
 }
 
-/// An email record: how many times it was sent, when its order was created and when it was
-/// sent, as three big-endian u64 values.
+/// Encodes an email record: how many times it was sent, when its order was created and when
+/// it was sent, as three big-endian u64 values.
 fn encode_email(count: u64, created_at_ms: u64, sent_at_ms: u64) -> Vec<u8> {
     [count, created_at_ms, sent_at_ms]
         .iter()

@@ -9,9 +9,9 @@
 //!   and writes nothing. This covers redeliveries after a crash between commit and ack, after
 //!   an expired lease, and publishers that send the same id twice.
 //! - **Effects in sled only.** Only writes through the transaction's trees are applied once.
-//!   Calls to other systems from inside the handler happen on every run (sled may also run a
-//!   transaction closure more than once); record such work in a tree, for example as an outbox
-//!   row, and act on it after the commit.
+//!   Calls to other systems from inside the handler happen on every run, and sled's transaction
+//!   API allows it to run a closure more than once. Record such work in a tree instead, for
+//!   example as an outbox row, and act on it after the commit.
 //! - **Crash safety.** The mark and the handler's writes share one commit, so after a crash
 //!   either both exist or neither does. The broker's flush of the ack also flushes every sled
 //!   write made before it, so a message whose ack survived has its mark too.
@@ -54,7 +54,7 @@ pub enum InboxError {
     InvalidName {
         /// The rejected name.
         name: String,
-        /// Why it was rejected.
+        /// The reason for the rejection.
         reason: &'static str,
     },
 
@@ -120,7 +120,7 @@ impl InboxConfig {
     }
 }
 
-/// What [`Inbox::process`] did with a message.
+/// The outcome of [`Inbox::process`] for one message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Processed<R> {
     /// The handler ran and its writes committed with the mark; it returned this value.
@@ -234,7 +234,7 @@ impl Inbox {
         })
     }
 
-    /// The inbox's name.
+    /// Returns the inbox's name.
     pub fn name(&self) -> &str {
         &self.inner.name
     }
@@ -278,8 +278,8 @@ impl Inbox {
     /// the mark. The handler gets transactional views of `trees`, in the given order.
     ///
     /// Ack the delivery after this returns, for [`Processed::Duplicate`] too. The handler may
-    /// run more than once (sled retries a transaction after a conflict), and inside it sled may
-    /// be touched only through the views: the transaction holds sled's process-wide lock, and
+    /// run more than once, because sled retries a transaction after a conflict. Inside it,
+    /// touch sled only through the views: the transaction holds sled's process-wide lock, so
     /// any other sled call, including a broker call, waits for that lock forever.
     ///
     /// # Examples
@@ -399,12 +399,12 @@ impl Inbox {
         Ok(found)
     }
 
-    /// Returns how many marks the inbox holds. Counting walks the tree.
+    /// Returns how many marks the inbox contains. Counting walks the tree.
     pub fn len(&self) -> usize {
         self.inner.tree.scan_prefix(b"i").count()
     }
 
-    /// Returns true when the inbox holds no marks.
+    /// Returns true when the inbox contains no marks.
     pub fn is_empty(&self) -> bool {
         self.inner.tree.scan_prefix(b"i").next().is_none()
     }

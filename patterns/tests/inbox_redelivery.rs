@@ -1,4 +1,4 @@
-//! The inbox skips redelivered messages, forgets marks after its window, and records nothing
+//! The inbox skips redelivered messages, drops marks after its window, and records nothing
 //! for a handler that aborts.
 
 use std::time::Duration;

@@ -104,7 +104,7 @@ fn rejected_row_holds_its_key_across_a_crash() {
     );
 }
 
-/// A broker whose message limit (1 KiB) the rejected row exceeds.
+/// Opens a broker whose message limit (1 KiB) the rejected row exceeds.
 fn open_broker(db: &Path) -> Broker {
     let config = BrokerConfig::default().max_message_bytes(1024);
     Broker::open_with(db, config).expect("open the broker")
@@ -127,7 +127,7 @@ fn enqueue_rows(db: &Path) {
     }
 }
 
-/// The child: runs the relay in small rounds and reports the outbox's counts as they change.
+/// Runs the child: the relay in small rounds, reporting the outbox's counts as they change.
 fn run_child(db: &Path) {
     let broker = open_broker(db);
     let outbox = Outbox::open(&broker, "accounts").expect("child opens the outbox");

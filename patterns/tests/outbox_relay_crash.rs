@@ -106,8 +106,8 @@ fn enqueue_initial_rows(db: &Path) -> HashSet<(String, u64)> {
     expected
 }
 
-/// The child: runs the relay with small rounds and keeps enqueuing events of its own key,
-/// reporting each committed one.
+/// Runs the child: starts the relay with small rounds and keeps enqueuing events of its own
+/// key, reporting each committed one.
 fn run_child(db: &Path) {
     let broker = Broker::open(db).expect("child opens the broker");
     let outbox = Outbox::open(&broker, "orders").expect("child opens the outbox");

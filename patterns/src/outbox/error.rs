@@ -14,7 +14,7 @@ pub enum OutboxError {
     InvalidName {
         /// The rejected name.
         name: String,
-        /// Why it was rejected.
+        /// The reason for the rejection.
         reason: &'static str,
     },
 
@@ -28,7 +28,7 @@ pub enum OutboxError {
         outbox: String,
         /// The rejected topic name.
         topic: String,
-        /// Why it was rejected.
+        /// The reason for the rejection.
         reason: &'static str,
     },
 
@@ -44,7 +44,7 @@ pub enum OutboxError {
         topic: String,
         /// The rejected header name.
         header: String,
-        /// Why it was rejected.
+        /// The reason for the rejection.
         reason: &'static str,
     },
 
@@ -70,7 +70,7 @@ pub enum OutboxError {
         tree: String,
         /// The row's sequence number.
         seq: u64,
-        /// What was wrong.
+        /// The decoding problem.
         reason: String,
     },
 
@@ -133,7 +133,7 @@ pub enum OutboxError {
     },
 }
 
-/// Why a target did not store messages.
+/// The reason a target did not store messages.
 ///
 /// The relay retries [`Unavailable`](Self::Unavailable) with backoff and parks the row behind
 /// [`Rejected`](Self::Rejected), so a target decides per error whether waiting can help.

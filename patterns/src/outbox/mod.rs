@@ -14,7 +14,7 @@
 //!   enqueued (`NAME-INSTANCE-SEQ`, or the id of a [`Message`] passed to
 //!   [`OutboxTransaction::enqueue_message`]). The relay removes a row only after the target
 //!   confirmed the publish as durable. A crash between publish and removal republishes the row
-//!   with the same id, and the target's deduplication returns the original receipt. This holds
+//!   with the same id, and the target's deduplication returns the original receipt. This works
 //!   as long as the relay restarts within the target topic's dedup window (two minutes by
 //!   default, see [`aqueduct::TopicConfig::dedup_window`]). A topic with deduplication turned off
 //!   can receive such a row twice.
@@ -225,7 +225,7 @@ impl Outbox {
         })
     }
 
-    /// The outbox's name.
+    /// Returns the outbox's name.
     pub fn name(&self) -> &str {
         &self.inner.name
     }

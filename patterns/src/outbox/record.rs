@@ -63,7 +63,7 @@ impl RowRecord {
         message
     }
 
-    /// The unit of ordering: rows with the same topic and key are published in order.
+    /// Returns the unit of ordering: rows with the same topic and key are published in order.
     pub fn order_key(&self) -> Option<(String, Vec<u8>)> {
         self.key
             .as_ref()

@@ -1,8 +1,8 @@
 //! The relay: publishes outbox rows to a target in sequence order.
 //!
 //! One round reads the committed rows in sequence order, skips rows whose topic and key have a
-//! parked row, publishes runs of consecutive rows for the same topic as one batch, asks the
-//! target to make them durable, and only then removes them from the outbox. A batch the target
+//! parked row, publishes runs of consecutive rows for the same topic as one batch, flushes the
+//! target so they are durable, and only then removes them from the outbox. A batch the target
 //! rejects is published again one message at a time, so the rejected row is found and parked
 //! while the other rows go out; later rows of its key stay pending. When the target is
 //! unavailable, the round stops at that row, keeps it and everything after it, and the relay
@@ -72,7 +72,7 @@ impl RelayConfig {
     }
 }
 
-/// What one relay round did.
+/// The outcome of one relay round.
 #[derive(Debug, Default)]
 #[non_exhaustive]
 pub struct RoundReport {
@@ -382,7 +382,7 @@ impl<T: OutboxTarget> OutboxRelay<T> {
         }
     }
 
-    /// One round: select ready rows, publish them run by run, flush, remove.
+    /// Runs one round: selects ready rows, publishes them run by run, flushes and removes them.
     fn round(&self) -> Result<RoundReport, OutboxError> {
         let inner = self.outbox.inner();
         let mut blocked = inner.parked_keys()?;

@@ -1,4 +1,4 @@
-//! Where the relay publishes: the [`OutboxTarget`] trait and the local broker as its default.
+//! The relay's destination: the [`OutboxTarget`] trait and the local broker as its default.
 
 use std::collections::HashSet;
 
@@ -64,7 +64,7 @@ pub trait OutboxTarget: Send + Sync + 'static {
 ///
 /// Batches go to [`Broker::publish_batch`], which stores all messages of a batch or none.
 /// Messages the broker rejects for their content (too large, invalid header) are
-/// [`TargetError::Rejected`]; everything else, including a missing topic and a broker that
+/// [`TargetError::Rejected`]. Everything else, including a missing topic and a broker that
 /// stopped after a storage failure, is [`TargetError::Unavailable`], so rows wait until the
 /// topic is created or the broker reopened.
 ///

@@ -90,7 +90,7 @@ impl Outbox {
     /// # Errors
     ///
     /// The error `f` aborted with, or [`OutboxError::Storage`] (converted into `E`) when sled
-    /// fails; the errors of [`OutboxTransaction::enqueue`] abort the transaction the same way
+    /// fails. The errors of [`OutboxTransaction::enqueue`] abort the transaction the same way
     /// when passed on with `?`.
     pub fn transaction<R, E, F>(&self, trees: &[sled::Tree], f: F) -> Result<R, E>
     where
@@ -135,7 +135,7 @@ impl Outbox {
 }
 
 impl OutboxTransaction<'_> {
-    /// The application tree at `index` in the slice passed to [`Outbox::transaction`].
+    /// Returns the application tree at `index` in the slice passed to [`Outbox::transaction`].
     ///
     /// # Panics
     ///
@@ -144,7 +144,7 @@ impl OutboxTransaction<'_> {
         &self.trees[index]
     }
 
-    /// The application trees, in the order passed to [`Outbox::transaction`].
+    /// Returns the application trees, in the order passed to [`Outbox::transaction`].
     pub fn trees(&self) -> &[TransactionalTree] {
         self.trees
     }
@@ -198,8 +198,8 @@ impl OutboxTransaction<'_> {
     }
 
     /// Enqueues a prepared message for `topic`, for events without a key or with headers or
-    /// a delivery time. A message with an id is published with that id, so rows with equal ids
-    /// are deduplicated by the target; a message without one gets `OUTBOX-INSTANCE-SEQ`.
+    /// a delivery time. A message with an id is published with that id, so the target
+    /// deduplicates rows with equal ids. A message without one gets `OUTBOX-INSTANCE-SEQ`.
     ///
     /// # Examples
     ///

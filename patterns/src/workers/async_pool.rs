@@ -22,9 +22,9 @@ type Handler = dyn Fn(Arc<Delivery>, WorkerContext) -> HandlerFuture + Send + Sy
 
 /// Competing consumers on tokio tasks: N tasks, each with its own consumer in one group.
 ///
-/// The handler gets the delivery in an [`Arc`] and the pool settles it when the handler's
-/// future completes, so the handler must not keep a clone: a delivery still shared at that
-/// point is returned for immediate redelivery when its last clone drops.
+/// The handler gets the delivery in an [`Arc`], and the pool settles it when the handler's
+/// future completes. The handler must not keep a clone: a delivery still shared at that point
+/// is not settled, and it is returned for immediate redelivery when its last clone drops.
 ///
 /// # Examples
 ///
@@ -235,7 +235,7 @@ impl std::fmt::Debug for AsyncWorkerPool {
     }
 }
 
-/// One task's loop: receive, handle, settle, until asked to stop.
+/// Runs one task: receives, handles and settles deliveries until asked to stop.
 async fn run(
     shared: Arc<Shared>,
     handler: Arc<Handler>,

@@ -112,7 +112,7 @@ pub(crate) fn check_workers(workers: usize) -> Result<(), WorkerError> {
     Ok(())
 }
 
-/// What a handler knows about the worker running it.
+/// The handler's view of the worker running it.
 #[derive(Clone, Debug)]
 pub struct WorkerContext {
     worker: usize,
@@ -127,7 +127,7 @@ impl WorkerContext {
         }
     }
 
-    /// The worker's number, unique within its pool.
+    /// Returns the worker's number, unique within its pool.
     pub fn worker(&self) -> usize {
         self.worker
     }
@@ -162,7 +162,7 @@ pub struct PoolStats {
     pub in_flight: u64,
 }
 
-/// How a pool's shutdown ended.
+/// The outcome of a pool's shutdown.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ShutdownReport {
     /// Workers that stopped before the deadline, after finishing or returning their message.

@@ -53,7 +53,7 @@ pub enum WorkerError {
 /// Why a handler did not process a message, and whether a retry can help.
 ///
 /// A retryable error (the default, also for `?` on any error type) returns the message to the
-/// group after the pool's backoff for its attempt; on the topic's last allowed delivery
+/// group after the pool's backoff for its attempt. On the topic's last allowed delivery
 /// (`max_deliveries`) the pool dead-letters it instead. A permanent error dead-letters it at
 /// once.
 ///
@@ -97,7 +97,7 @@ impl HandlerError {
         self.permanent
     }
 
-    /// The underlying error.
+    /// Returns the underlying error.
     pub fn source(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
         &*self.source
     }

@@ -9,7 +9,7 @@
 //!   [`Inbox`](crate::Inbox) to make its sled writes happen once.
 //! - **Settling.** `Ok` acks. A retryable [`HandlerError`] or a panic returns the message with
 //!   [`Delivery::nack_after`](aqueduct::Delivery::nack_after) and the pool's exponential
-//!   backoff for its attempt; attempts are counted by the broker and survive restarts. A
+//!   backoff for its attempt. The broker counts attempts, and the counts survive restarts. A
 //!   failure on the topic's last allowed delivery (`max_deliveries`) dead-letters the message
 //!   with the handler's error as its reason. A permanent `HandlerError` dead-letters it at once.
 //!   In a per-key group the broker then parks the message's key: later messages of that key

@@ -239,7 +239,7 @@ impl std::fmt::Debug for WorkerPool {
     }
 }
 
-/// One worker's loop: receive, handle, settle, until asked to stop.
+/// Runs one worker: receives, handles and settles deliveries until asked to stop.
 fn run(shared: &Shared, handler: &Handler, mut consumer: Consumer, context: &WorkerContext) {
     tracing::debug!(group = %shared.group, worker = context.worker(), "worker started");
     let mut failures = 0;

@@ -9,7 +9,7 @@ use aqueduct::{Broker, Consumer, ConsumerConfig, Delivery};
 use super::config::{PoolStats, WorkerConfig, WorkerContext};
 use super::error::{HandlerError, WorkerError};
 
-/// What every worker of one pool shares.
+/// State that every worker of one pool shares.
 pub(crate) struct Shared {
     pub broker: Broker,
     pub topic: String,

@@ -2,7 +2,7 @@
 //! kills it with SIGKILL.
 //!
 //! The parent runs `current_exe() --exact TEST --nocapture` with the role and the database
-//! directory in environment variables; the same test function sees them and plays the child.
+//! directory in environment variables; the same test function reads them and plays the child.
 //! Children print their reports as lines starting with `CHILD `.
 
 #![allow(dead_code)]
