@@ -296,6 +296,25 @@ fn peek_window_selects_messages() {
 }
 
 #[test]
+fn peek_merge_shows_partition_prefixes() {
+    let db = prepare(1);
+    let json = aqueduct(db.path(), &["peek", "orders", "-n", "3", "--json"]).json();
+    let messages = json["messages"].as_array().expect("messages");
+    assert_eq!(messages.len(), 3);
+    for next in json["next_offsets"].as_array().expect("next offsets") {
+        let partition = &next["partition"];
+        let offsets: Vec<u64> = messages
+            .iter()
+            .filter(|message| &message["partition"] == partition)
+            .filter_map(|message| message["offset"].as_u64())
+            .collect();
+        let prefix: Vec<u64> = (0..offsets.len() as u64).collect();
+        assert_eq!(offsets, prefix, "partition {partition}");
+        assert_eq!(next["offset"], offsets.len(), "partition {partition}");
+    }
+}
+
+#[test]
 fn peek_says_how_to_continue() {
     let db = prepare(1);
     let run = aqueduct(db.path(), &["peek", "audit", "-n", "1"]);

@@ -3,6 +3,8 @@
 //! Without `--partition`, every partition is read from `--offset` and the messages are merged
 //! by publish time, so the output shows the oldest `--count` messages across the topic.
 
+use std::collections::VecDeque;
+
 use aqueduct::{Broker, DeadLetterInfo, PeekedMessage};
 use clap::Args;
 use serde::Serialize;
@@ -126,29 +128,24 @@ pub fn run(broker: &Broker, topic: &str, window: &WindowArgs) -> Result<PeekRepo
     };
 
     let max = usize::try_from(window.count).unwrap_or(usize::MAX);
-    let mut messages = Vec::new();
+    let mut queues = Vec::new();
     for &partition in &partitions {
-        messages.extend(broker.peek(topic, partition, window.offset, max)?);
+        let fetched = broker.peek(topic, partition, window.offset, max)?;
+        queues.push(VecDeque::from(fetched));
     }
-    messages.sort_by_key(|message| (message.timestamp_ms, message.partition, message.offset));
-    let first_unshown: Vec<PeekedMessage> = messages.split_off(max.min(messages.len()));
+    let messages = merge_by_time(&mut queues, max);
 
     let mut next_offsets = Vec::new();
-    for &partition in &partitions {
+    for (&partition, unshown) in partitions.iter().zip(&queues) {
         let end = broker.end_offset(topic, partition)?;
         let last_shown = messages
             .iter()
-            .filter(|m| m.partition == partition)
-            .map(|m| m.offset)
+            .filter(|message| message.partition == partition)
+            .map(|message| message.offset)
             .max();
-        let first_cut = first_unshown
-            .iter()
-            .filter(|m| m.partition == partition)
-            .map(|m| m.offset)
-            .min();
-        let offset = match (last_shown, first_cut) {
-            (Some(last), _) => last + 1,
-            (None, Some(first)) => first,
+        let offset = match (unshown.front(), last_shown) {
+            (Some(first_unshown), _) => first_unshown.offset,
+            (None, Some(last)) => last + 1,
             (None, None) => window.offset.max(end),
         };
         next_offsets.push(NextOffset {
@@ -168,6 +165,25 @@ pub fn run(broker: &Broker, topic: &str, window: &WindowArgs) -> Result<PeekRepo
         next_offsets,
         full: window.full,
     })
+}
+
+/// Takes up to `max` messages from the front of the per-partition `queues`, oldest publish time
+/// first (ties go to the lower partition). Each partition's messages stay in offset order, so
+/// the messages shown from a partition are always a prefix of what was read from it.
+fn merge_by_time(queues: &mut [VecDeque<PeekedMessage>], max: usize) -> Vec<PeekedMessage> {
+    let mut merged = Vec::new();
+    while merged.len() < max {
+        let oldest = queues
+            .iter()
+            .enumerate()
+            .filter_map(|(index, queue)| queue.front().map(|m| (m.timestamp_ms, index)))
+            .min();
+        let Some((_, index)) = oldest else {
+            break;
+        };
+        merged.extend(queues[index].pop_front());
+    }
+    merged
 }
 
 impl MessageView {
