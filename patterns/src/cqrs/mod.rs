@@ -221,8 +221,10 @@ impl SourceEvent {
 /// }
 /// ```
 pub trait Projection: Send + Sync + 'static {
-    /// Names of the read-model tables this projection writes, each 1 to 100 characters of
-    /// `[A-Za-z0-9._-]`. Every table is one sled tree per read-model generation.
+    /// Returns the names of the read-model tables this projection writes, each 1 to 100
+    /// characters of `[A-Za-z0-9._-]`. Every table is one sled tree per read-model
+    /// generation. After changing the tables or what `apply` writes, call
+    /// [`ProjectionRunner::rebuild`], because the checkpoint covers the old read model.
     fn tables(&self) -> &[&str];
 
     /// Applies one event to the read model, reading and writing only through `model`.

@@ -145,10 +145,12 @@ impl ReadModel {
         Arc::clone(&self.current.read())
     }
 
-    /// Makes `generation` the active one and retires the previous one.
-    pub(crate) fn swap(&self, generation: Generation) {
+    /// Makes `generation` the active one and retires the previous one, which is returned so
+    /// that the caller chooses where its tables are emptied (when the last reference drops).
+    pub(crate) fn swap(&self, generation: Generation) -> Arc<Generation> {
         let old = std::mem::replace(&mut *self.current.write(), Arc::new(generation));
         old.retire();
+        old
     }
 
     /// Returns a view of the active generation. The view keeps reading that generation,

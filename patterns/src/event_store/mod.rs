@@ -59,7 +59,9 @@ pub const MAX_NAME_BYTES: usize = 255;
 
 /// An event store on the broker's sled database.
 ///
-/// `EventStore` is a cheap handle; clones share the tree and the append notifications.
+/// `EventStore` is a cheap handle; clones share the tree and the append notifications. Open
+/// a store once per process and clone the handle: subscriptions of a second handle opened on
+/// the same name notice its appends only at their next poll (within 50 ms).
 ///
 /// # Examples
 ///

@@ -58,7 +58,8 @@ struct Shared {
 /// Feeds a [`Projection`] from an event store or a broker topic on a background thread.
 ///
 /// The runner stops when it is dropped or [`stop`](Self::stop)ped, after flushing its
-/// progress.
+/// progress. Run at most one runner per projection name and database: two runners of one
+/// name would both write its checkpoint.
 ///
 /// # Examples
 ///

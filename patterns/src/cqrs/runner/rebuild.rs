@@ -42,9 +42,12 @@ impl Shared {
         applied += self.catch_up(store, &generation, &mut checkpoint, false)?;
         self.meta.insert(ACTIVE_KEY, &number.to_be_bytes())?;
         self.flush()?;
-        self.model.swap(generation);
+        let retired = self.model.swap(generation);
         self.publish(checkpoint);
         drop(applying);
+        // Emptying the old tables can take a while, so it happens after the live runner
+        // is free to continue.
+        drop(retired);
 
         let report = RebuildReport {
             generation: number,
