@@ -417,6 +417,8 @@ impl<T: OutboxTarget> OutboxRelay<T> {
         // and the row are written in one transaction. Rows above it may still be committing,
         // and reading one of them could publish it before an earlier row of its key.
         let watermark = inner.next_seq()?;
+        // NOTE: rows held behind a parked row are read again every round, so a parked key
+        // with a long tail of waiting rows slows each round until an operator acts.
         let mut batch = Vec::new();
         for item in inner.rows.range(..seq_key(watermark)) {
             let (key, value) = item.map_err(|e| inner.storage(e))?;

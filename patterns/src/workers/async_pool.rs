@@ -1,4 +1,7 @@
-//! The tokio-based worker pool.
+//! The tokio-based worker pool: one task and one consumer per worker.
+//!
+//! At the shutdown deadline, a task still in its handler is cancelled, which drops its
+//! delivery and so returns the message to the group at once.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;

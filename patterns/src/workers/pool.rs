@@ -1,4 +1,7 @@
-//! The thread-based worker pool.
+//! The thread-based worker pool: one thread and one consumer per worker.
+//!
+//! A stopped worker leaves its loop after the current message. At the shutdown deadline, a
+//! thread still in its handler is left running, because threads cannot be cancelled.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
