@@ -186,6 +186,41 @@ impl<A: Aggregate> Repository<A> {
 
     /// Loads the state of aggregate `id` as of a past position or time.
     ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use aqueduct_patterns::{Aggregate, DomainEvent};
+    /// # use serde::{Deserialize, Serialize};
+    /// # #[derive(Default, Serialize, Deserialize)]
+    /// # struct Counter { value: u64 }
+    /// # #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    /// # enum CounterEvent { Added(u64) }
+    /// # impl DomainEvent for CounterEvent { fn event_type(&self) -> &'static str { "Added" } }
+    /// # impl Aggregate for Counter {
+    /// #     const CATEGORY: &'static str = "counter";
+    /// #     type Command = u64;
+    /// #     type Event = CounterEvent;
+    /// #     type Error = std::convert::Infallible;
+    /// #     fn handle(&self, n: u64) -> Result<Vec<CounterEvent>, Self::Error> { Ok(vec![CounterEvent::Added(n)]) }
+    /// #     fn apply(&mut self, CounterEvent::Added(n): &CounterEvent) { self.value += n; }
+    /// # }
+    /// use aqueduct_patterns::{AsOf, EventStore, Repository};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let broker = aqueduct::Broker::temporary()?;
+    /// let counters = Repository::<Counter>::new(EventStore::open(&broker, "audit")?)?;
+    /// let first = counters.execute("c1", 5)?;
+    /// counters.execute("c1", 2)?;
+    ///
+    /// let then = AsOf::Position(first.position.expect("an event"));
+    /// assert_eq!(counters.load_at("c1", then)?.state.value, 5);
+    /// let events: Vec<CounterEvent> =
+    ///     counters.history("c1", then)?.into_iter().map(|(_, event)| event).collect();
+    /// assert_eq!(events, [CounterEvent::Added(5)]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
     /// # Errors
     ///
     /// As for [`load`](Self::load).
@@ -483,6 +518,36 @@ impl<A: Aggregate> Repository<A> {
     /// Checks that every event type and schema version stored for this aggregate's category
     /// still decodes with the current event type and upcasters, by decoding the first and
     /// the last stored event of each. Run it at startup, before serving commands.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use aqueduct_patterns::{Aggregate, DomainEvent};
+    /// # use serde::{Deserialize, Serialize};
+    /// # #[derive(Default, Serialize, Deserialize)]
+    /// # struct Counter { value: u64 }
+    /// # #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    /// # enum CounterEvent { Added(u64) }
+    /// # impl DomainEvent for CounterEvent { fn event_type(&self) -> &'static str { "Added" } }
+    /// # impl Aggregate for Counter {
+    /// #     const CATEGORY: &'static str = "counter";
+    /// #     type Command = u64;
+    /// #     type Event = CounterEvent;
+    /// #     type Error = std::convert::Infallible;
+    /// #     fn handle(&self, n: u64) -> Result<Vec<CounterEvent>, Self::Error> { Ok(vec![CounterEvent::Added(n)]) }
+    /// #     fn apply(&mut self, CounterEvent::Added(n): &CounterEvent) { self.value += n; }
+    /// # }
+    /// use aqueduct_patterns::{EventStore, Repository};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let broker = aqueduct::Broker::temporary()?;
+    /// let counters = Repository::<Counter>::new(EventStore::open(&broker, "checked")?)?;
+    /// counters.execute("c1", 5)?;
+    /// let types = counters.check_event_types()?;
+    /// assert_eq!((types[0].event_type.as_str(), types[0].schema_version), ("Added", 1));
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///

@@ -281,6 +281,37 @@ impl ProjectionRunner {
     /// and the live runner keeps applying new events to it until the swap. Blocks until the
     /// swap is done.
     ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use aqueduct_patterns::{ApplyError, ModelWriter, Projection, SourceEvent};
+    /// # struct Streams;
+    /// # impl Projection for Streams {
+    /// #     fn tables(&self) -> &[&str] { &["streams"] }
+    /// #     fn apply(&self, e: &SourceEvent, m: &ModelWriter<'_>) -> Result<(), ApplyError> {
+    /// #         let SourceEvent::Stored(e) = e else { return Ok(()) };
+    /// #         m.table("streams")?.insert(e.stream.as_bytes(), &[])?;
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use std::time::Duration;
+    /// use aqueduct_patterns::{EventStore, ExpectedVersion, NewEvent, ProjectionRunner};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let broker = aqueduct::Broker::temporary()?;
+    /// let store = EventStore::open(&broker, "rebuilt")?;
+    /// let runner = ProjectionRunner::from_store(&store, "streams", Streams, Default::default())?;
+    /// let event = NewEvent::new("Seen", 1, Vec::new());
+    /// let appended = store.append("cart-1", ExpectedVersion::Any, vec![event])?.expect("ok");
+    /// assert!(runner.wait_for(appended.position, Duration::from_secs(5))?);
+    ///
+    /// let report = runner.rebuild()?;
+    /// assert_eq!((report.generation, report.events), (1, 1));
+    /// assert!(runner.read_model().view().table("streams")?.contains_key("cart-1")?);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
     /// # Errors
     ///
     /// [`ProjectionError::RebuildUnsupported`] for a runner fed by a topic,
