@@ -215,7 +215,10 @@ impl EventStore {
     ///
     /// [`EventStoreError::InvalidStream`], [`EventStoreError::InvalidEventType`],
     /// [`EventStoreError::EmptyAppend`], [`EventStoreError::Poisoned`] after a failed flush,
-    /// [`EventStoreError::Corrupt`] and [`EventStoreError::Storage`].
+    /// [`EventStoreError::Corrupt`] and [`EventStoreError::Storage`]. An
+    /// [`EventStoreError::Io`] or [`EventStoreError::Storage`] from the flush that follows a
+    /// committed append leaves the outcome open: the events are committed in memory, and
+    /// readers in this process see them, but they may not survive a crash.
     pub fn append(
         &self,
         stream: &str,
