@@ -152,6 +152,7 @@ impl Aggregate for Account {
 #[derive(Debug, Default)]
 struct Tally {
     done: AtomicU64,
+    retried: AtomicU64,
     rejected: AtomicU64,
     gave_up: AtomicU64,
 }
@@ -239,8 +240,10 @@ fn run_phase(
     let done = tally.done.load(Ordering::Relaxed);
     println!(
         "phase {phase}: {done} transfers in {elapsed:.2?} ({:.0}/s) on {THREADS} threads, {} \
-         rejected for insufficient funds, {} gave up after repeated conflicts",
+         conflicts retried on fresh state, {} rejected for insufficient funds, {} gave up after \
+         repeated conflicts",
         done as f64 / elapsed.as_secs_f64(),
+        tally.retried.load(Ordering::Relaxed),
         tally.rejected.load(Ordering::Relaxed),
         tally.gave_up.load(Ordering::Relaxed),
     );
@@ -275,7 +278,13 @@ fn transfer_money(
         ),
     ];
     match accounts.execute_all(commands) {
-        Ok(_) => tally.done.fetch_add(1, Ordering::Relaxed),
+        Ok(executed) => {
+            let retries = executed.first().map_or(0, |outcome| outcome.attempts - 1);
+            tally
+                .retried
+                .fetch_add(u64::from(retries), Ordering::Relaxed);
+            tally.done.fetch_add(1, Ordering::Relaxed)
+        }
         Err(RepositoryError::Rejected(AccountError::InsufficientFunds { .. })) => {
             tally.rejected.fetch_add(1, Ordering::Relaxed)
         }

@@ -43,6 +43,8 @@ pub struct Executed<A: Aggregate> {
     /// [`ProjectionRunner::wait_for`](crate::ProjectionRunner::wait_for); `None` when the
     /// command produced no events.
     pub position: Option<u64>,
+    /// How many times the command ran: 1, plus one per append race it lost and retried.
+    pub attempts: u32,
 }
 
 /// A point in the past to load state at.
@@ -395,7 +397,12 @@ impl<A: Aggregate> Repository<A> {
         let mut attempt = 1;
         loop {
             match self.try_execute(&commands)? {
-                Ok(executed) => return Ok(executed),
+                Ok(mut executed) => {
+                    for outcome in &mut executed {
+                        outcome.attempts = attempt;
+                    }
+                    return Ok(executed);
+                }
                 Err(conflict) if attempt < attempts => {
                     tracing::debug!(
                         stream = %conflict.stream,
@@ -480,6 +487,7 @@ impl<A: Aggregate> Repository<A> {
                 state: loaded.state,
                 version: stored.map_or(loaded.version, |stored| stored.version),
                 position: stored.map(|stored| stored.position),
+                attempts: 1,
             });
         }
         Ok(Ok(executed))
