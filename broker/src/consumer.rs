@@ -57,6 +57,9 @@ pub struct Consumer {
     generation: u64,
     /// The next batch, fetched while the buffer drains, whose flush round may still run.
     ahead: Option<Batch>,
+    /// Set while the buffer holds a delivery that was in flight when the process last stopped;
+    /// nothing is fetched ahead until the application asks for the next delivery.
+    holding_suspect: bool,
     /// Size of the next fetch. It starts small and doubles, up to `prefetch`, each time the
     /// buffer ran dry before the next batch's flush round finished, so a fast consumer
     /// amortizes one fsync over more deliveries while a slow one holds few leases.
@@ -70,6 +73,8 @@ struct Batch {
     ticket: u64,
     fetched_at_ms: u64,
     generation: u64,
+    /// Whether the batch is one delivery that was in flight when the process last stopped.
+    suspect: bool,
 }
 
 impl Consumer {
@@ -84,6 +89,7 @@ impl Consumer {
             fetched_at_ms: 0,
             generation,
             ahead: None,
+            holding_suspect: false,
             batch_size,
             broker,
         }
@@ -239,13 +245,14 @@ impl Consumer {
                 ticket: self.group.flusher.request(),
                 fetched_at_ms: self.group.clock.now_ms(),
                 generation: fetched.generation,
+                suspect: fetched.suspect,
             });
         }
         Ok(fetched.next_due_ms)
     }
 
     /// Pops the next delivery, moving the batch fetched ahead into the buffer once its flush
-    /// round is done, and fetching the batch after it while the buffer holds fewer than
+    /// round is done, and fetching the batch after it while the buffer contains fewer than
     /// `prefetch` deliveries, so that its flush round runs while this batch is handed out. With
     /// a prefetch of 1 nothing is fetched ahead. Leases older than half the ack timeout, or from
     /// before a rebalance, are returned to the group instead, because they may already be gone.
@@ -253,8 +260,12 @@ impl Consumer {
         self.drop_stale();
         if self.buffer.is_empty() {
             let Some(batch) = self.ahead.take() else {
+                // The application came back for more, so a suspect it was handed did not stop
+                // the process; fetching may resume.
+                self.holding_suspect = false;
                 return Ok(None);
             };
+            self.holding_suspect = batch.suspect;
             if !self.group.flusher.is_done(batch.ticket) {
                 self.batch_size = (self.batch_size * 2).min(self.config.prefetch);
             }
@@ -266,7 +277,7 @@ impl Consumer {
             self.fetched_at_ms = batch.fetched_at_ms;
             self.generation = batch.generation;
         }
-        if self.buffer.len() < self.config.prefetch {
+        if self.buffer.len() < self.config.prefetch && !self.holding_suspect {
             self.fetch_ahead()?;
         }
         Ok(self
@@ -285,7 +296,7 @@ impl Consumer {
             let stale: Vec<Leased> = self.buffer.drain(..).collect();
             self.group.release_unhanded(&stale);
         }
-        // The batch fetched ahead holds later offsets than the returned buffer, so it goes back
+        // The batch fetched ahead contains later offsets than the returned buffer, so it goes back
         // too. Handing it out first would put those offsets before the returned ones.
         let ahead_stale = buffer_stale
             || self.ahead.as_ref().is_some_and(|batch| {

@@ -50,6 +50,9 @@ pub(crate) struct Fetched {
     /// Earliest clock time at which a message that is not deliverable yet becomes so.
     pub next_due_ms: Option<u64>,
     pub generation: u64,
+    /// Whether the batch is one suspect delivery (see `PartitionCursor::suspects`), which the
+    /// consumer must hand out before it fetches again.
+    pub suspect: bool,
 }
 
 /// How a delivery is settled or returned.
@@ -115,6 +118,11 @@ struct PartitionCursor {
     dirty: bool,
     /// Whether `key_queues` is maintained (per-key mode only).
     track_keys: bool,
+    /// Offsets that were in flight when the process stopped. Any of them may be the message
+    /// that stopped it, so each is delivered alone and its consumer fetches nothing more until
+    /// it is handed out. Otherwise every message fetched behind a message that crashes the
+    /// process would gain an attempt on every crash and reach the delivery limit unseen.
+    suspects: BTreeSet<u64>,
 }
 
 struct Slot {
@@ -302,12 +310,13 @@ impl Group {
             leased: Vec::new(),
             next_due_ms: None,
             generation: 0,
+            suspect: false,
         };
         fetched.generation = state.generation;
 
         for step in 0..partition_count {
             let partition = (start + step) % partition_count;
-            if fetched.leased.len() >= max {
+            if fetched.leased.len() >= max || fetched.suspect {
                 break;
             }
             if self.ordering == OrderingMode::PerPartition
@@ -361,6 +370,7 @@ impl Group {
                 leased: Vec::new(),
                 next_due_ms: None,
                 generation: 0,
+                suspect: false,
             };
             let candidates = self.candidates(
                 &state.partitions[partition],
@@ -381,6 +391,10 @@ impl Group {
         let ack_timeout = self.topic.config.ack_timeout_ms;
         for offset in candidates {
             if fetched.leased.len() >= max {
+                break;
+            }
+            let suspect = state.partitions[partition].suspects.contains(&offset);
+            if suspect && !fetched.leased.is_empty() {
                 break;
             }
             let attempts = state.partitions[partition].window[&offset].attempts;
@@ -427,6 +441,11 @@ impl Group {
                 epoch,
             };
             state.leases.push(Reverse(entry));
+            if suspect {
+                state.partitions[partition].suspects.remove(&offset);
+                fetched.suspect = true;
+                break;
+            }
         }
         Ok(())
     }
@@ -787,16 +806,22 @@ fn owner_of(members: &[u64], partition: usize) -> Option<u64> {
 
 impl PartitionCursor {
     fn restore(record: CursorRecord, track_keys: bool) -> Self {
-        let recovered = record
+        let recovered: BTreeMap<u64, (u32, bool)> = record
             .entries
             .iter()
             .map(|&(delta, attempts, settled)| (record.committed + delta, (attempts, settled)))
+            .collect();
+        let suspects = recovered
+            .iter()
+            .filter(|(_, (attempts, settled))| *attempts > 0 && !settled)
+            .map(|(offset, _)| *offset)
             .collect();
         PartitionCursor {
             committed: record.committed,
             loaded: record.committed,
             recovered,
             track_keys,
+            suspects,
             ..PartitionCursor::default()
         }
     }
@@ -869,6 +894,7 @@ impl PartitionCursor {
         let key_hash = slot.key_hash;
         self.touched_end = self.touched_end.max(offset + 1);
         self.ready.remove(&offset);
+        self.suspects.remove(&offset);
         self.forget_key(offset, key_hash);
         self.dirty = true;
         self.advance();
@@ -890,6 +916,7 @@ impl PartitionCursor {
 
     /// Drops every offset below `low`, loaded or not; returns how many were unsettled.
     fn truncate(&mut self, low: u64) -> u64 {
+        self.suspects = self.suspects.split_off(&low);
         let mut unsettled = 0;
         let below: Vec<u64> = self
             .window

@@ -336,10 +336,10 @@ fn spawn_consumer(
 fn run_poison_consumer(dir: &Path, events: &EventFile) {
     let config = BrokerConfig::default().durability(Durability::Flushed);
     let broker = Broker::open_with(dir, config).expect("child open");
-    // With a prefetch of 1 the consumer leases only the delivery it hands out. A larger prefetch
-    // would also count a delivery attempt for every buffered job behind the poison message on
-    // each crash, and dead-letter those jobs as well.
-    let consumer_config = ConsumerConfig::default().prefetch(1);
+    // The default prefetch buffers jobs behind the poison message. They gain one attempt from
+    // the first crash; after it the group delivers each recovered delivery alone, so later
+    // crashes count only against the poison message and the jobs are not dead-lettered.
+    let consumer_config = ConsumerConfig::default();
     let mut consumer = broker
         .subscribe_with(POISON_TOPIC, GROUP, consumer_config)
         .expect("child subscribe");
