@@ -35,7 +35,7 @@ const PUBLISHERS: usize = 64;
 /// Messages each publisher sends per iteration in `publish_flushed_concurrent`.
 const PER_PUBLISHER: u64 = 20;
 
-/// Longest wait for one delivery before the benchmark gives up.
+/// Maximum wait for one delivery before the benchmark panics.
 const RECEIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn configure(group: &mut BenchmarkGroup<'_, WallTime>) {
@@ -77,7 +77,7 @@ fn publish_buffered(c: &mut Criterion) {
     });
     drop(sled);
 
-    // Sends are timed; draining the channel afterwards is not.
+    // Only the sends are timed, because draining the channel afterwards is not publishing.
     let (sender, receiver) = crossbeam_channel::unbounded();
     group.bench_function("crossbeam_channel", |b| {
         b.iter_custom(|iterations| {
