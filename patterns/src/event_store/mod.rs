@@ -20,7 +20,9 @@
 //!   application append events in the same sled transaction as writes to its own trees.
 //!
 //! Every transaction in the process takes sled's global lock, so appends are serialized with
-//! each other and with the broker's dead-letter moves. Keep transaction bodies short.
+//! each other and with the broker's dead-letter moves. Once the first append has run, every
+//! other sled operation in the process, the broker's included, takes that lock for reading,
+//! which makes plain sled writes slower. Keep transaction bodies short.
 
 mod config;
 mod durability;
