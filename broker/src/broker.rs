@@ -511,12 +511,15 @@ impl Broker {
         self.inner.shared.enforce_retention()
     }
 
-    /// Makes everything published and acknowledged so far durable, and waits for it.
+    /// Makes everything written to the database so far durable, and waits for it: messages,
+    /// acks, and writes to application trees opened with [`tree`](Self::tree). It always runs
+    /// sled's flush and an fsync, even when the broker itself wrote nothing.
     ///
     /// # Errors
     ///
     /// [`Error::Poisoned`] after a storage failure.
     pub fn flush(&self) -> Result<()> {
+        self.inner.shared.storage.mark_unsynced();
         self.inner.flusher.sync()
     }
 

@@ -64,7 +64,7 @@ pub use crate::hash::{key_hash, partition_for_key};
 pub use crate::message::{
     DeadLetterInfo, Message, ParkedKey, PeekedMessage, Receipt, RESERVED_HEADER_PREFIX,
 };
-pub use crate::name::MAX_NAME_LEN;
+pub use crate::name::{validate_group_name, validate_topic_name, MAX_NAME_LEN};
 pub use crate::record::FORMAT_VERSION;
 pub use crate::stats::{GroupPartitionStats, GroupStats, PartitionStats, Stats, TopicStats};
 pub use crate::storage::RESERVED_PREFIX;

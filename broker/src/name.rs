@@ -27,3 +27,28 @@ pub(crate) fn validate_name(kind: &'static str, name: &str) -> Result<()> {
         reason,
     })
 }
+
+/// Checks a topic name: 1 to 249 characters from `[A-Za-z0-9._-]`, and not `.` or `..`.
+///
+/// # Errors
+///
+/// [`Error::InvalidName`] naming the value and the rule.
+///
+/// # Examples
+///
+/// ```
+/// assert!(aqueduct::validate_topic_name("orders.v2").is_ok());
+/// assert!(aqueduct::validate_topic_name("orders/v2").is_err());
+/// ```
+pub fn validate_topic_name(name: &str) -> Result<()> {
+    validate_name("topic", name)
+}
+
+/// Checks a consumer group name by the same rules as a topic name.
+///
+/// # Errors
+///
+/// [`Error::InvalidName`] naming the value and the rule.
+pub fn validate_group_name(name: &str) -> Result<()> {
+    validate_name("group", name)
+}

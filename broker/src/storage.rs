@@ -599,6 +599,12 @@ impl Storage {
         Ok(())
     }
 
+    /// Makes the next `flush_durable` flush and fsync even if the broker wrote nothing, for
+    /// writes that applications made to their own trees.
+    pub fn mark_unsynced(&self) {
+        self.unsynced.store(true, Ordering::SeqCst);
+    }
+
     /// Returns `Poisoned` once any write has failed.
     pub fn check_writable(&self) -> Result<()> {
         match &*self.poisoned.lock() {
