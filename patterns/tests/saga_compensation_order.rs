@@ -10,8 +10,8 @@ use aqueduct_patterns::{
     Action, RetryPolicy, Saga, SagaOrchestrator, SagaState, Step, StepError, StepKind,
 };
 use saga_support::{
-    create_request_topics, local_saga, open_broker, poll_until_settled, remote_saga,
-    saga_config, step_name, Log, Service, START_MS,
+    create_request_topics, local_saga, open_broker, poll_until_settled, remote_saga, saga_config,
+    step_name, Log, Service, START_MS,
 };
 
 const STEPS: usize = 4;
@@ -38,7 +38,10 @@ fn local_failure_at_every_step() {
 
         let status = orchestrator.status("order-1").unwrap();
         let compensated: Vec<String> = (0..fail_at).rev().map(step_name).collect();
-        assert_eq!(status.compensated_steps, compensated, "failure at s{fail_at}");
+        assert_eq!(
+            status.compensated_steps, compensated,
+            "failure at s{fail_at}"
+        );
         let completed: Vec<String> = (0..fail_at).map(step_name).collect();
         assert_eq!(status.completed_steps, completed, "failure at s{fail_at}");
         let reason = status.reason.unwrap();
@@ -64,7 +67,11 @@ fn local_success_compensates_nothing() {
 
     assert_eq!(state, SagaState::Completed);
     assert_eq!(log.entries(), ["do s0", "do s1", "do s2", "do s3"]);
-    assert!(orchestrator.status("order-1").unwrap().compensated_steps.is_empty());
+    assert!(orchestrator
+        .status("order-1")
+        .unwrap()
+        .compensated_steps
+        .is_empty());
 }
 
 #[test]
@@ -91,7 +98,9 @@ fn steps_without_compensation_are_skipped() {
     let orchestrator =
         SagaOrchestrator::open_with(&broker, "orders", vec![saga], saga_config(&clock)).unwrap();
 
-    orchestrator.start("partial", "order-1", Vec::new()).unwrap();
+    orchestrator
+        .start("partial", "order-1", Vec::new())
+        .unwrap();
     let state = poll_until_settled(&orchestrator, "order-1", 10);
 
     assert_eq!(state, SagaState::Compensated);
@@ -129,7 +138,9 @@ fn remote_failure_at_every_step() {
             }),
         );
 
-        orchestrator.start("remote", "order-1", b"order".to_vec()).unwrap();
+        orchestrator
+            .start("remote", "order-1", b"order".to_vec())
+            .unwrap();
         for _ in 0..50 {
             orchestrator.poll().unwrap();
             if service.serve_available() == 0
@@ -142,12 +153,23 @@ fn remote_failure_at_every_step() {
         let mut expected: Vec<String> = (0..=fail_at)
             .map(|i| format!("action s{i} attempt 1"))
             .collect();
-        expected.extend((0..fail_at).rev().map(|i| format!("compensation s{i} attempt 1")));
+        expected.extend(
+            (0..fail_at)
+                .rev()
+                .map(|i| format!("compensation s{i} attempt 1")),
+        );
         let status = orchestrator.status("order-1").unwrap();
-        assert_eq!(status.state, SagaState::Compensated, "failure at s{fail_at}");
+        assert_eq!(
+            status.state,
+            SagaState::Compensated,
+            "failure at s{fail_at}"
+        );
         assert_eq!(service.handled, expected, "failure at s{fail_at}");
         let compensated: Vec<String> = (0..fail_at).rev().map(step_name).collect();
-        assert_eq!(status.compensated_steps, compensated, "failure at s{fail_at}");
+        assert_eq!(
+            status.compensated_steps, compensated,
+            "failure at s{fail_at}"
+        );
     }
 }
 
@@ -162,7 +184,9 @@ fn remote_success_completes() {
         SagaOrchestrator::open_with(&broker, "orders", vec![saga], saga_config(&clock)).unwrap();
     let mut service = Service::new(&broker, STEPS, Box::new(|_| Ok(b"ok".to_vec())));
 
-    orchestrator.start("remote", "order-1", b"order".to_vec()).unwrap();
+    orchestrator
+        .start("remote", "order-1", b"order".to_vec())
+        .unwrap();
     for _ in 0..50 {
         orchestrator.poll().unwrap();
         if service.serve_available() == 0

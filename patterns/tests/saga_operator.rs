@@ -1,5 +1,5 @@
 //! Operators: a compensation that keeps failing is retried under its policy and then waits for
-//! an operator, who can resume it or abort the saga; running sagas can be aborted or
+//! an operator, who can resume it or abort the saga. Running sagas can be aborted or
 //! compensated on request.
 
 mod saga_support;
@@ -83,7 +83,10 @@ fn failing_compensation_needs_operator() {
 
     let status = orchestrator.status("order-1").unwrap();
     assert_eq!(status.state, SagaState::NeedsOperator);
-    assert_eq!(status.state_since_ms, START_MS + 2 * BACKOFF.as_millis() as u64);
+    assert_eq!(
+        status.state_since_ms,
+        START_MS + 2 * BACKOFF.as_millis() as u64
+    );
     let reason = status.reason.clone().unwrap();
     assert!(
         reason.contains("compensation of step charge failed after 3 attempts"),
@@ -100,7 +103,13 @@ fn failing_compensation_needs_operator() {
     assert_eq!(failures.len(), ATTEMPTS as usize);
     assert!(failures[..2].iter().all(Option::is_some));
     assert_eq!(failures[2], None);
-    assert_eq!(orchestrator.list(SagaState::NeedsOperator, 10).unwrap().len(), 1);
+    assert_eq!(
+        orchestrator
+            .list(SagaState::NeedsOperator, 10)
+            .unwrap()
+            .len(),
+        1
+    );
 
     // Nothing more runs on its own, however long it waits.
     clock.advance(Duration::from_secs(24 * 3600));
@@ -109,7 +118,9 @@ fn failing_compensation_needs_operator() {
 
     // The operator fixes the cause and resumes the compensation.
     broken.store(false, Ordering::SeqCst);
-    orchestrator.compensate("order-1", "provider is back").unwrap();
+    orchestrator
+        .compensate("order-1", "provider is back")
+        .unwrap();
     orchestrator.poll().unwrap();
     assert_eq!(calls.load(Ordering::SeqCst), ATTEMPTS + 1);
     let status = orchestrator.status("order-1").unwrap();
@@ -175,7 +186,10 @@ fn permanent_compensation_failure_needs_operator() {
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     assert_eq!(status.state, SagaState::NeedsOperator);
     let reason = status.reason.unwrap();
-    assert!(reason.contains("failed permanently: card account closed"), "{reason}");
+    assert!(
+        reason.contains("failed permanently: card account closed"),
+        "{reason}"
+    );
 }
 
 #[test]
@@ -199,7 +213,10 @@ fn operator_aborts_waiting_saga() {
         status.reason.as_deref(),
         Some("aborted by an operator: refunded by hand")
     );
-    assert!(orchestrator.list(SagaState::NeedsOperator, 10).unwrap().is_empty());
+    assert!(orchestrator
+        .list(SagaState::NeedsOperator, 10)
+        .unwrap()
+        .is_empty());
 }
 
 #[test]
@@ -233,7 +250,7 @@ fn abort_stops_running_saga() {
     orchestrator.poll().unwrap();
     orchestrator.abort("order-1", "fraud suspected").unwrap();
 
-    // The service answers after the abort; the answer has no effect.
+    // The service replies after the abort, and the reply has no effect.
     let delivery = payments.try_recv().unwrap().unwrap();
     let request = SagaRequest::parse(&delivery).unwrap();
     request.reply(&broker, Ok(b"charged".to_vec())).unwrap();

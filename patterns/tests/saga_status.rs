@@ -101,10 +101,7 @@ fn history_records_every_event() {
     assert_eq!(status.activity, Activity::Idle { step: None });
     assert_eq!(status.completed_steps, ["reserve"]);
     assert_eq!(status.compensated_steps, ["reserve"]);
-    assert_eq!(
-        status.in_state_for(START_MS + 5000),
-        Duration::from_secs(4)
-    );
+    assert_eq!(status.in_state_for(START_MS + 5000), Duration::from_secs(4));
 }
 
 #[test]
@@ -167,11 +164,20 @@ fn list_orders_by_last_change() {
         .collect();
     assert_eq!(running, ["order-c", "order-a", "order-b"]);
     assert_eq!(orchestrator.list(SagaState::Running, 2).unwrap().len(), 2);
-    assert!(orchestrator.list(SagaState::Completed, 10).unwrap().is_empty());
+    assert!(orchestrator
+        .list(SagaState::Completed, 10)
+        .unwrap()
+        .is_empty());
 
     orchestrator.poll().unwrap();
-    assert!(orchestrator.list(SagaState::Running, 10).unwrap().is_empty());
-    assert_eq!(orchestrator.list(SagaState::Completed, 10).unwrap().len(), 3);
+    assert!(orchestrator
+        .list(SagaState::Running, 10)
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        orchestrator.list(SagaState::Completed, 10).unwrap().len(),
+        3
+    );
 }
 
 #[test]
@@ -183,9 +189,13 @@ fn stuck_finds_old_unfinished_sagas() {
         SagaOrchestrator::open_with(&broker, "shop", vec![one_step_saga()], saga_config(&clock))
             .unwrap();
 
-    orchestrator.start("order", "order-old", Vec::new()).unwrap();
+    orchestrator
+        .start("order", "order-old", Vec::new())
+        .unwrap();
     clock.advance(Duration::from_secs(600));
-    orchestrator.start("order", "order-new", Vec::new()).unwrap();
+    orchestrator
+        .start("order", "order-new", Vec::new())
+        .unwrap();
     clock.advance(Duration::from_secs(60));
 
     let stuck = orchestrator.stuck(Duration::from_secs(300), 10).unwrap();
@@ -209,11 +219,21 @@ fn start_is_idempotent() {
         SagaOrchestrator::open_with(&broker, "shop", vec![one_step_saga()], saga_config(&clock))
             .unwrap();
 
-    let first = orchestrator.start("order", "order-1", b"a".to_vec()).unwrap();
-    let again = orchestrator.start("order", "order-1", b"a".to_vec()).unwrap();
-    let other = orchestrator.start("order", "order-1", b"b".to_vec()).unwrap_err();
-    let unknown = orchestrator.start("refund", "order-2", Vec::new()).unwrap_err();
-    let invalid = orchestrator.start("order", "order 3", Vec::new()).unwrap_err();
+    let first = orchestrator
+        .start("order", "order-1", b"a".to_vec())
+        .unwrap();
+    let again = orchestrator
+        .start("order", "order-1", b"a".to_vec())
+        .unwrap();
+    let other = orchestrator
+        .start("order", "order-1", b"b".to_vec())
+        .unwrap_err();
+    let unknown = orchestrator
+        .start("refund", "order-2", Vec::new())
+        .unwrap_err();
+    let invalid = orchestrator
+        .start("order", "order 3", Vec::new())
+        .unwrap_err();
 
     assert_eq!(first, Started::Created);
     assert_eq!(again, Started::AlreadyStarted);
@@ -252,13 +272,9 @@ fn status_survives_reopen() {
     let charges = Arc::new(AtomicU32::new(0));
     let before = {
         let broker = open_broker(dir.path(), &clock);
-        let orchestrator = SagaOrchestrator::open_with(
-            &broker,
-            "shop",
-            vec![saga(&charges)],
-            saga_config(&clock),
-        )
-        .unwrap();
+        let orchestrator =
+            SagaOrchestrator::open_with(&broker, "shop", vec![saga(&charges)], saga_config(&clock))
+                .unwrap();
         orchestrator.start("order", "order-1", Vec::new()).unwrap();
         orchestrator.poll().unwrap();
         orchestrator.status("order-1").unwrap()
@@ -304,5 +320,8 @@ fn changed_definition_needs_operator() {
     let status = orchestrator.status("order-1").unwrap();
     assert_eq!(status.state, SagaState::NeedsOperator);
     let reason = status.reason.unwrap();
-    assert!(reason.contains("changed from steps [\"reserve\"] to [\"hold\"]"), "{reason}");
+    assert!(
+        reason.contains("changed from steps [\"reserve\"] to [\"hold\"]"),
+        "{reason}"
+    );
 }

@@ -30,11 +30,14 @@ fn saga(log: &Log) -> Saga {
             ),
         )
         .step(
-            Step::new("ship", Action::request("shipping", |_| Ok(b"ship".to_vec())))
-                .compensation(Action::request("shipping", |_| Ok(b"cancel".to_vec())))
-                .timeout(TIMEOUT)
-                .retry(retry)
-                .compensation_retry(retry),
+            Step::new(
+                "ship",
+                Action::request("shipping", |_| Ok(b"ship".to_vec())),
+            )
+            .compensation(Action::request("shipping", |_| Ok(b"cancel".to_vec())))
+            .timeout(TIMEOUT)
+            .retry(retry)
+            .compensation_retry(retry),
         )
 }
 
@@ -48,17 +51,22 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("temporary directory");
     let clock = ManualClock::new(START_MS);
     let broker = open_broker(dir.path(), &clock);
     broker
-        .create_topic("shipping", TopicConfig::default().ack_timeout(Duration::from_secs(3600)))
-        .unwrap();
+        .create_topic(
+            "shipping",
+            TopicConfig::default().ack_timeout(Duration::from_secs(3600)),
+        )
+        .expect("create topic");
     let log = Log::default();
     let orchestrator =
         SagaOrchestrator::open_with(&broker, "shop", vec![saga(&log)], saga_config(&clock))
-            .unwrap();
-    let shipping = broker.subscribe("shipping", "shipping-service").unwrap();
+            .expect("open orchestrator");
+    let shipping = broker
+        .subscribe("shipping", "shipping-service")
+        .expect("subscribe");
     Fixture {
         _dir: dir,
         clock,
@@ -72,9 +80,9 @@ fn fixture() -> Fixture {
 /// Receives every request available now, acked, in order.
 fn requests(consumer: &mut Consumer) -> Vec<SagaRequest> {
     let mut received = Vec::new();
-    while let Some(delivery) = consumer.try_recv().unwrap() {
-        received.push(SagaRequest::parse(&delivery).unwrap());
-        delivery.ack().unwrap();
+    while let Some(delivery) = consumer.try_recv().expect("receive") {
+        received.push(SagaRequest::parse(&delivery).expect("a saga request"));
+        delivery.ack().expect("ack");
     }
     received
 }
@@ -82,7 +90,7 @@ fn requests(consumer: &mut Consumer) -> Vec<SagaRequest> {
 fn failures(orchestrator: &SagaOrchestrator, id: &str) -> Vec<(u32, Option<u64>)> {
     orchestrator
         .status(id)
-        .unwrap()
+        .expect("saga status")
         .history
         .into_iter()
         .filter_map(|entry| match entry.event {
@@ -99,7 +107,9 @@ fn failures(orchestrator: &SagaOrchestrator, id: &str) -> Vec<(u32, Option<u64>)
 #[test]
 fn request_times_out_then_retries() {
     let mut f = fixture();
-    f.orchestrator.start("order", "order-1", Vec::new()).unwrap();
+    f.orchestrator
+        .start("order", "order-1", Vec::new())
+        .unwrap();
     f.orchestrator.poll().unwrap();
     let first = requests(&mut f.shipping);
     assert_eq!(first.len(), 1);
@@ -110,7 +120,10 @@ fn request_times_out_then_retries() {
     let report = f.orchestrator.poll().unwrap();
     assert_eq!(report.timeouts, 0);
     let status = f.orchestrator.status("order-1").unwrap();
-    assert!(matches!(status.activity, Activity::InFlight { attempt: 1, .. }));
+    assert!(matches!(
+        status.activity,
+        Activity::InFlight { attempt: 1, .. }
+    ));
 
     // At the deadline the attempt times out and a retry is scheduled after the backoff.
     f.clock.advance(Duration::from_millis(1));
@@ -133,7 +146,9 @@ fn request_times_out_then_retries() {
 #[test]
 fn last_timeout_compensates_uncertain_step() {
     let mut f = fixture();
-    f.orchestrator.start("order", "order-1", Vec::new()).unwrap();
+    f.orchestrator
+        .start("order", "order-1", Vec::new())
+        .unwrap();
     f.orchestrator.poll().unwrap();
     f.clock.advance(TIMEOUT);
     f.orchestrator.poll().unwrap();
@@ -156,7 +171,10 @@ fn last_timeout_compensates_uncertain_step() {
     let status = f.orchestrator.status("order-1").unwrap();
     assert_eq!(status.state, SagaState::Compensating);
     let reason = status.reason.unwrap();
-    assert!(reason.contains("step ship failed after 2 attempts"), "{reason}");
+    assert!(
+        reason.contains("step ship failed after 2 attempts"),
+        "{reason}"
+    );
     assert!(reason.contains("no reply within 5000 ms"), "{reason}");
 
     // The compensation's reply lets the saga compensate the local step too.
@@ -171,7 +189,9 @@ fn last_timeout_compensates_uncertain_step() {
 #[test]
 fn late_reply_is_ignored() {
     let mut f = fixture();
-    f.orchestrator.start("order", "order-1", Vec::new()).unwrap();
+    f.orchestrator
+        .start("order", "order-1", Vec::new())
+        .unwrap();
     f.orchestrator.poll().unwrap();
     let first = requests(&mut f.shipping).remove(0);
     f.clock.advance(TIMEOUT);
@@ -185,16 +205,26 @@ fn late_reply_is_ignored() {
     f.orchestrator.poll().unwrap();
     let status = f.orchestrator.status("order-1").unwrap();
     assert_eq!(status.state, SagaState::Running);
-    assert!(matches!(status.activity, Activity::InFlight { attempt: 2, .. }));
+    assert!(matches!(
+        status.activity,
+        Activity::InFlight { attempt: 2, .. }
+    ));
     let ignored = status
         .history
         .iter()
-        .filter(|entry| matches!(entry.event, HistoryEvent::LateResultIgnored { attempt: 1, .. }))
+        .filter(|entry| {
+            matches!(
+                entry.event,
+                HistoryEvent::LateResultIgnored { attempt: 1, .. }
+            )
+        })
         .count();
     assert_eq!(ignored, 1);
 
     // The reply to the current attempt completes the saga.
-    second.reply(&f.broker, Ok(b"tracking 55".to_vec())).unwrap();
+    second
+        .reply(&f.broker, Ok(b"tracking 55".to_vec()))
+        .unwrap();
     f.orchestrator.poll().unwrap();
     let status = f.orchestrator.status("order-1").unwrap();
     assert_eq!(status.state, SagaState::Completed);
@@ -204,12 +234,18 @@ fn late_reply_is_ignored() {
 #[test]
 fn duplicate_reply_is_stored_once() {
     let mut f = fixture();
-    f.orchestrator.start("order", "order-1", Vec::new()).unwrap();
+    f.orchestrator
+        .start("order", "order-1", Vec::new())
+        .unwrap();
     f.orchestrator.poll().unwrap();
     let request = requests(&mut f.shipping).remove(0);
 
-    let first = request.reply(&f.broker, Ok(b"tracking 55".to_vec())).unwrap();
-    let second = request.reply(&f.broker, Ok(b"tracking 55".to_vec())).unwrap();
+    let first = request
+        .reply(&f.broker, Ok(b"tracking 55".to_vec()))
+        .unwrap();
+    let second = request
+        .reply(&f.broker, Ok(b"tracking 55".to_vec()))
+        .unwrap();
     assert_eq!(first, second);
 
     let report = f.orchestrator.poll().unwrap();
@@ -224,7 +260,9 @@ fn duplicate_reply_is_stored_once() {
 fn timeouts_need_no_sleep() {
     let mut f = fixture();
     let started = std::time::Instant::now();
-    f.orchestrator.start("order", "order-1", Vec::new()).unwrap();
+    f.orchestrator
+        .start("order", "order-1", Vec::new())
+        .unwrap();
     f.orchestrator.poll().unwrap();
     // A day of virtual time passes in a few polls.
     for _ in 0..4 {

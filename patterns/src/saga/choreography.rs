@@ -60,7 +60,7 @@ pub struct FlowEvent {
 }
 
 impl FlowEvent {
-    /// The event's id: its message id, or `TOPIC/PARTITION/OFFSET`.
+    /// Returns the event's id: its message id, or `TOPIC/PARTITION/OFFSET`.
     pub fn event_id(&self) -> String {
         event_id(
             self.message_id.as_deref(),

@@ -63,9 +63,9 @@ impl SagaConfig {
     }
 
     /// Sets whether every state change flushes sled before it returns. Default `true`: a
-    /// started saga and every recorded step survive a crash of the process. With `false`, the
-    /// changes of the last moments before a crash can be lost; sagas then resume from an
-    /// earlier state and repeat attempts, which the idempotency keys make harmless.
+    /// started saga and every recorded step survive a crash of the process. With `false`, a
+    /// crash can lose the changes of its last moments. Sagas then resume from an earlier state
+    /// and repeat attempts, and the idempotency keys make the repeats harmless.
     #[must_use]
     pub fn flush_on_commit(mut self, flush: bool) -> Self {
         self.flush_on_commit = flush;

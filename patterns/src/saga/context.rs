@@ -1,4 +1,4 @@
-//! What a step's closure sees: the saga, the step, the attempt and earlier outputs.
+//! The context a step's closure runs in: the saga, the step, the attempt and earlier outputs.
 
 use serde::de::DeserializeOwned;
 use sled::transaction::{
@@ -26,44 +26,44 @@ pub struct StepContext<'a> {
 }
 
 impl StepContext<'_> {
-    /// The saga id.
+    /// Returns the saga id.
     pub fn saga_id(&self) -> &str {
         &self.record.id
     }
 
-    /// The saga definition's name.
+    /// Returns the saga definition's name.
     pub fn saga(&self) -> &str {
         &self.record.saga
     }
 
-    /// The step's name.
+    /// Returns the step's name.
     pub fn step_name(&self) -> &str {
         self.steps
             .get(self.step as usize)
             .map_or("", |step| step.name.as_str())
     }
 
-    /// The step's index in the definition, from 0.
+    /// Returns the step's index in the definition, from 0.
     pub fn step_index(&self) -> u32 {
         self.step
     }
 
-    /// Whether the action or the compensation runs.
+    /// Returns whether the action or the compensation runs.
     pub fn kind(&self) -> StepKind {
         self.kind
     }
 
-    /// The attempt, from 1. Attempts keep counting after an operator restarts a compensation.
+    /// Returns the attempt, from 1. Attempts keep counting after an operator restarts a compensation.
     pub fn attempt(&self) -> u32 {
         self.attempt
     }
 
-    /// When this attempt times out, in milliseconds since the Unix epoch (orchestrator clock).
+    /// Returns when this attempt times out, in milliseconds since the Unix epoch (orchestrator clock).
     pub fn deadline_ms(&self) -> u64 {
         self.deadline_ms
     }
 
-    /// The orchestrator clock's time when the attempt started.
+    /// Returns the orchestrator clock's time when the attempt started.
     pub fn now_ms(&self) -> u64 {
         self.now_ms
     }
@@ -84,7 +84,7 @@ impl StepContext<'_> {
         )
     }
 
-    /// The saga's input bytes, as passed to `start`.
+    /// Returns the saga's input bytes, as passed to `start`.
     pub fn input(&self) -> &[u8] {
         &self.record.input
     }
@@ -99,7 +99,7 @@ impl StepContext<'_> {
         self.decode("input".to_string(), self.input())
     }
 
-    /// The output of a step whose action succeeded, by step name. In a compensation this
+    /// Returns the output of a step whose action succeeded, by step name. In a compensation this
     /// includes the compensated step itself, unless its action's result is unknown.
     pub fn output(&self, step: &str) -> Option<&[u8]> {
         let index = self.steps.iter().position(|s| s.name == step)?;

@@ -29,7 +29,7 @@ pub(crate) type StepFn = dyn Fn(&StepContext<'_>) -> Result<Vec<u8>, StepError> 
 /// // Runs on the orchestrator's thread; its return value becomes the step's output.
 /// let reserve = Action::local(|ctx| Ok(format!("reservation for {}", ctx.saga_id()).into_bytes()));
 ///
-/// // Publishes a request to topic "payments"; the service answers with a SagaRequest reply.
+/// // Publishes a request to topic "payments". The service replies with SagaRequest::reply.
 /// let charge = Action::request("payments", |ctx| Ok(ctx.input().to_vec()));
 /// # let _ = (reserve, charge);
 /// ```
@@ -75,7 +75,7 @@ impl Action {
         }
     }
 
-    /// The request topic, or `None` for a local action.
+    /// Returns the request topic, or `None` for a local action.
     pub fn topic(&self) -> Option<&str> {
         match &self.kind {
             ActionKind::Local(_) => None,
@@ -121,12 +121,12 @@ impl RetryPolicy {
         }
     }
 
-    /// A policy with a single attempt.
+    /// Returns a policy with a single attempt.
     pub fn once() -> Self {
         RetryPolicy::new(1, Backoff::default())
     }
 
-    /// The most attempts, counting the first.
+    /// Returns the maximum number of attempts, counting the first.
     pub fn max_attempts(&self) -> u32 {
         self.max_attempts
     }
@@ -221,7 +221,7 @@ impl Step {
         self
     }
 
-    /// The step's name.
+    /// Returns the step's name.
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -281,17 +281,17 @@ impl Saga {
         self
     }
 
-    /// The definition's name.
+    /// Returns the definition's name.
     pub fn name(&self) -> &str {
         &self.name
     }
 
-    /// The steps in order.
+    /// Returns the steps in order.
     pub fn steps(&self) -> &[Step] {
         &self.steps
     }
 
-    /// The request topics of its remote actions and compensations.
+    /// Returns each remote action's and compensation's step and request topic.
     pub(crate) fn request_topics(&self) -> impl Iterator<Item = (&Step, &str)> {
         self.steps.iter().flat_map(|step| {
             let action = step.action.topic().map(|topic| (step, topic));

@@ -13,11 +13,11 @@ pub enum SagaError {
     /// `[A-Za-z0-9._-]`.
     #[error("invalid {what} {name:?}: {reason}; use 1 to {max} characters from [A-Za-z0-9._-]")]
     InvalidName {
-        /// What the name is for: `orchestrator`, `saga`, `step` or `saga id`.
+        /// The kind of name: `orchestrator`, `saga`, `step` or `saga id`.
         what: &'static str,
         /// The rejected name.
         name: String,
-        /// Why it was rejected.
+        /// The reason for the rejection.
         reason: &'static str,
         /// The longest accepted name, in bytes.
         max: usize,
@@ -28,7 +28,7 @@ pub enum SagaError {
     InvalidDefinition {
         /// The saga definition.
         saga: String,
-        /// What is wrong and how to fix it.
+        /// The problem and its fix.
         reason: String,
     },
 
@@ -74,7 +74,7 @@ pub enum SagaError {
         saga_id: String,
         /// The definition of the stored saga.
         existing: String,
-        /// What differs: the definition or the input.
+        /// The part that differs: the definition or the input.
         differs: &'static str,
     },
 
@@ -87,7 +87,7 @@ pub enum SagaError {
         state: SagaState,
         /// The requested action.
         action: &'static str,
-        /// What to do instead.
+        /// The action to take instead.
         hint: &'static str,
     },
 
@@ -118,7 +118,7 @@ pub enum SagaError {
         partition: u32,
         /// The offset.
         offset: u64,
-        /// Which header is missing or invalid.
+        /// The missing or invalid header.
         reason: String,
     },
 
@@ -127,7 +127,7 @@ pub enum SagaError {
     Decode {
         /// The saga id.
         saga_id: String,
-        /// What was decoded, for example `input` or `output of step "book-flight"`.
+        /// The decoded value, for example `input` or `output of step "book-flight"`.
         what: String,
         /// The requested Rust type.
         type_name: &'static str,
@@ -156,7 +156,7 @@ pub enum SagaError {
         tree: String,
         /// The record's key, printed lossily.
         key: String,
-        /// What was wrong.
+        /// The problem.
         reason: String,
     },
 
@@ -199,11 +199,11 @@ pub enum ChoreographyError {
     /// `[A-Za-z0-9._-]`.
     #[error("invalid {what} {name:?}: {reason}; use 1 to {max} characters from [A-Za-z0-9._-]")]
     InvalidName {
-        /// What the name is for: `choreography` or `correlation id`.
+        /// The kind of name: `choreography` or `correlation id`.
         what: &'static str,
         /// The rejected name.
         name: String,
-        /// Why it was rejected.
+        /// The reason for the rejection.
         reason: &'static str,
         /// The longest accepted name, in bytes.
         max: usize,
@@ -255,7 +255,7 @@ pub enum ChoreographyError {
     Corrupt {
         /// The sled tree.
         tree: String,
-        /// What was wrong.
+        /// The problem.
         reason: String,
     },
 

@@ -208,6 +208,11 @@ impl SagaRequest {
     /// Publishes the reply: `Ok` with the step's output, or the step's error. Publishing the
     /// same reply twice stores it once within the reply topic's dedup window.
     ///
+    /// The call returns after a broker flush made the reply durable, so ack the request after
+    /// it. In `Durability::Buffered` mode an ack can otherwise reach the disk in a flush round
+    /// that the reply misses, and a crash then loses the reply while the request counts as
+    /// done; the saga would wait for the step's timeout.
+    ///
     /// A compensation request can arrive before a late attempt of the action it undoes (the
     /// action timed out and its request still waits in a queue). A service that records the
     /// action's [`idempotency_key`](Self::idempotency_key) in its inbox when it compensates
@@ -219,8 +224,8 @@ impl SagaRequest {
     ///
     /// # Errors
     ///
-    /// [`SagaError::Broker`] when the publish fails; retry it, or leave the request unacked so
-    /// that it is delivered again.
+    /// [`SagaError::Broker`] when the publish or the flush fails. Retry the call, or leave the
+    /// request unacked so that it is delivered again.
     pub fn reply(
         &self,
         broker: &Broker,
@@ -241,56 +246,59 @@ impl SagaRequest {
             .header(ATTEMPT, self.attempt.to_string())
             .header(REQUEST_ID, self.request_id.clone())
             .header(OUTCOME, outcome);
-        broker
+        let broker_error = |source| SagaError::Broker {
+            orchestrator: self.orchestrator.clone(),
+            source: Box::new(source),
+        };
+        let receipt = broker
             .publish(&self.reply_to, message)
-            .map_err(|source| SagaError::Broker {
-                orchestrator: self.orchestrator.clone(),
-                source: Box::new(source),
-            })
+            .map_err(broker_error)?;
+        broker.flush().map_err(broker_error)?;
+        Ok(receipt)
     }
 
-    /// The orchestrator that sent the request.
+    /// Returns the orchestrator that sent the request.
     pub fn orchestrator(&self) -> &str {
         &self.orchestrator
     }
 
-    /// The saga definition.
+    /// Returns the saga definition's name.
     pub fn saga(&self) -> &str {
         &self.saga
     }
 
-    /// The saga id, also the request's correlation id.
+    /// Returns the saga id, which is also the request's correlation id.
     pub fn saga_id(&self) -> &str {
         &self.saga_id
     }
 
-    /// The step's name.
+    /// Returns the step's name.
     pub fn step_name(&self) -> &str {
         &self.step_name
     }
 
-    /// The step's index in the saga definition, from 0.
+    /// Returns the step's index in the saga definition, from 0.
     pub fn step_index(&self) -> u32 {
         self.step
     }
 
-    /// Whether the action or the compensation is requested.
+    /// Returns whether the action or the compensation is requested.
     pub fn kind(&self) -> StepKind {
         self.kind
     }
 
-    /// The attempt, from 1.
+    /// Returns the attempt, from 1.
     pub fn attempt(&self) -> u32 {
         self.attempt
     }
 
-    /// The key that is the same for every attempt of this side of this step; see
+    /// Returns the key that is the same for every attempt of this side of this step; see
     /// [`StepContext::idempotency_key`](crate::StepContext::idempotency_key).
     pub fn idempotency_key(&self) -> &str {
         &self.idempotency_key
     }
 
-    /// The idempotency key of the step's action, for a compensation that marks the action as
+    /// Returns the idempotency key of the step's action, for a compensation that marks the action as
     /// handled.
     pub fn action_key(&self) -> String {
         idempotency_key(
@@ -301,17 +309,17 @@ impl SagaRequest {
         )
     }
 
-    /// The topic the reply goes to.
+    /// Returns the topic the reply goes to.
     pub fn reply_to(&self) -> &str {
         &self.reply_to
     }
 
-    /// The request's message id, different for every attempt.
+    /// Returns the request's message id, which differs for every attempt.
     pub fn request_id(&self) -> &str {
         &self.request_id
     }
 
-    /// The payload built by the step's request builder.
+    /// Returns the payload built by the step's request builder.
     pub fn payload(&self) -> &[u8] {
         &self.payload
     }

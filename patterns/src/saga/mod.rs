@@ -5,8 +5,9 @@
 //!
 //! A [`Saga`] is a named list of [`Step`]s. Each step has an [`Action`], an optional
 //! compensation, a timeout and a [`RetryPolicy`] for each side. An action is a local closure
-//! or a request to a service through a topic; the service answers on the orchestrator's
-//! reply topic with [`SagaRequest::reply`], matched by correlation headers.
+//! or a request to a service through a topic. The service replies on the orchestrator's
+//! reply topic with [`SagaRequest::reply`], and correlation headers match the reply to its
+//! request.
 //! [`SagaOrchestrator`] runs sagas: [`poll`](SagaOrchestrator::poll) or a runner from
 //! [`spawn`](SagaOrchestrator::spawn) starts due attempts, applies replies and times out
 //! requests.
@@ -28,8 +29,11 @@
 //! Every state change is one sled transaction on the orchestrator's tree that writes the saga
 //! record, its indexes, its history and, when it sends a request, the request itself. The
 //! request is published after the commit with a message id that is stable per attempt
-//! (`ORCHESTRATOR/SAGA_ID/STEP/KIND/ATTEMPT`) and removed once the broker stored it; a crash
-//! in between publishes it again, and the topic's dedup window drops the copy.
+//! (`ORCHESTRATOR/SAGA_ID/STEP/KIND/ATTEMPT`). Its stored copy is removed at the end of the
+//! poll, after one broker flush made the poll's requests durable; a crash before that
+//! publishes it again, and the topic's dedup window drops the copy. A restart later than the
+//! dedup window (two minutes by default) can deliver such a request twice, which the
+//! idempotency key below makes harmless.
 //!
 //! A reply is applied only while the saga waits for exactly that step, side and attempt;
 //! duplicates, redeliveries and replies that arrive after a timeout are recorded in the

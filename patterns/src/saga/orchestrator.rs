@@ -20,7 +20,7 @@ use super::state::{Activity, HistoryEvent, SagaState, SagaStatus, SagaSummary, S
 use super::store::{Inserted, Store};
 use super::transition::{begin_compensation, finish, resume_compensation, step_name};
 
-/// What [`SagaOrchestrator::start`] did.
+/// The outcome of [`SagaOrchestrator::start`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Started {
     /// A new saga was stored; its first step runs at the next poll.
@@ -73,6 +73,8 @@ pub(crate) struct Inner {
     pub reply_topic: String,
     /// Reply consumers; holding the lock makes one thread poll at a time.
     pub consumers: Mutex<Vec<Consumer>>,
+    /// Requests published whose stored copies wait for a broker flush before removal.
+    pub published: Mutex<Vec<(String, sled::IVec)>>,
     /// Bumped when a saga is started or changed by an operator, to wake a runner.
     pub wake: Signal,
 }
@@ -92,8 +94,8 @@ impl SagaOrchestrator {
     }
 
     /// Opens or creates the orchestrator `name` in the broker's database with the saga
-    /// definitions it runs, and resumes every unfinished saga: local attempts that were running
-    /// when the process stopped count as interrupted and are retried, stored requests are
+    /// definitions it runs, and resumes every unfinished saga. Local attempts that were running
+    /// when the process stopped count as interrupted and are retried. Stored requests are
     /// published again, and sagas waiting for replies keep waiting until their deadlines.
     ///
     /// # Examples
@@ -184,6 +186,7 @@ impl SagaOrchestrator {
                 config,
                 reply_topic,
                 consumers: Mutex::new(consumers),
+                published: Mutex::new(Vec::new()),
                 wake: Signal::default(),
             }),
         };
@@ -191,12 +194,12 @@ impl SagaOrchestrator {
         Ok(orchestrator)
     }
 
-    /// The orchestrator's name.
+    /// Returns the orchestrator's name.
     pub fn name(&self) -> &str {
         &self.inner.name
     }
 
-    /// The topic that services reply to.
+    /// Returns the topic that services reply to.
     pub fn reply_topic(&self) -> &str {
         &self.inner.reply_topic
     }
@@ -463,9 +466,9 @@ impl SagaOrchestrator {
         Ok(())
     }
 
-    /// Compensates saga `saga_id` now: a running saga stops its forward steps and compensates
-    /// every step that may have taken effect, the current one included when its attempt is
-    /// under way; a saga waiting for an operator retries its failed compensation with a fresh
+    /// Compensates saga `saga_id` now. A running saga stops its forward steps and compensates
+    /// every step that may have taken effect, including the current one when its attempt is
+    /// under way. A saga waiting for an operator retries its failed compensation with a fresh
     /// retry budget.
     ///
     /// # Examples
@@ -517,8 +520,8 @@ impl SagaOrchestrator {
                         }
                     ) =>
                 {
-                    let why = format!("compensation resumed by an operator: {reason}");
-                    resume_compensation(record, change, why, now);
+                    let state_reason = format!("compensation resumed by an operator: {reason}");
+                    resume_compensation(record, change, state_reason, now);
                     Ok(true)
                 }
                 (_, Some(saga)) => {
@@ -531,8 +534,8 @@ impl SagaOrchestrator {
                     ) {
                         record.uncertain = true;
                     }
-                    let why = format!("compensation requested by an operator: {reason}");
-                    begin_compensation(record, change, saga, why, now);
+                    let state_reason = format!("compensation requested by an operator: {reason}");
+                    begin_compensation(record, change, saga, state_reason, now);
                     Ok(true)
                 }
             }
@@ -544,8 +547,9 @@ impl SagaOrchestrator {
         Ok(())
     }
 
-    /// Removes up to `limit` finished sagas (completed, compensated or aborted) that have not
-    /// changed for at least `older_than`, with their history; returns how many it removed.
+    /// Removes up to `limit` finished sagas (completed, compensated or aborted) with their
+    /// history, if they have not changed for at least `older_than`. Returns how many it
+    /// removed.
     ///
     /// # Examples
     ///

@@ -16,7 +16,7 @@ use super::state::{HistoryEvent, SagaState, StepKind};
 use super::store::PendingChange;
 use super::transition::{end_attempt, to_operator, AttemptEnd};
 
-/// Timers fired per round; a poll runs rounds until none is due or [`MAX_ROUNDS`] ran.
+/// Timers fired per round. A poll runs rounds until none is due or [`MAX_ROUNDS`] ran.
 const TIMERS_PER_ROUND: usize = 256;
 
 /// Rounds of timers per poll, so that one poll ends even when steps keep scheduling more.
@@ -30,7 +30,7 @@ const PUBLISH_FAILURE_LOG_EVERY: u64 = 100;
 
 static PUBLISH_FAILURES: AtomicU64 = AtomicU64::new(0);
 
-/// What one [`SagaOrchestrator::poll`] did.
+/// Counts of the work done by one [`SagaOrchestrator::poll`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PollReport {
@@ -131,7 +131,27 @@ impl Inner {
             }
         }
         self.fire_timers(&mut report)?;
+        self.confirm_published()?;
         Ok(report)
+    }
+
+    /// Removes the stored copies of the requests published since the last call, after one
+    /// broker flush made them durable. A copy removed before its message is durable could lose
+    /// the request in a crash. A copy kept longer is only published again, and the topic's
+    /// dedup drops the second message.
+    fn confirm_published(&self) -> Result<(), SagaError> {
+        let published = std::mem::take(&mut *self.published.lock());
+        if published.is_empty() {
+            return Ok(());
+        }
+        if let Err(error) = self.broker.flush() {
+            self.published.lock().extend(published);
+            return Err(self.broker_error(error));
+        }
+        for (id, stored) in published {
+            self.store.remove_pending(&id, &stored)?;
+        }
+        Ok(())
     }
 
     /// Applies one reply and acknowledges it.
@@ -167,7 +187,7 @@ impl Inner {
     fn ack(&self, delivery: Delivery) -> Result<(), SagaError> {
         match delivery.ack() {
             Ok(()) => Ok(()),
-            // Another member holds the reply now; applying it again is ignored as late.
+            // Another member has the reply now, and applying it again is ignored as late.
             Err(aqueduct::Error::LeaseExpired { .. }) => Ok(()),
             Err(error) => Err(self.broker_error(error)),
         }
@@ -416,8 +436,9 @@ impl Inner {
         Ok(())
     }
 
-    /// Publishes a stored request with its stable message id and removes it once the broker
-    /// took it. A repeated publish returns the original receipt through the topic's dedup.
+    /// Publishes a stored request with its stable message id; its stored copy is removed by
+    /// the next [`confirm_published`](Self::confirm_published). A repeated publish returns the
+    /// original receipt through the topic's dedup.
     fn publish(
         &self,
         id: &str,
@@ -428,7 +449,8 @@ impl Inner {
         match self.broker.publish(&request.topic, request.to_message()) {
             Ok(_) => {
                 report.published += 1;
-                self.store.remove_pending(id, stored)
+                self.published.lock().push((id.to_string(), stored.clone()));
+                Ok(())
             }
             Err(error) => {
                 report.publish_failures += 1;
@@ -478,6 +500,7 @@ impl Inner {
             .len();
         let mut report = PollReport::default();
         self.publish_stored(&mut report)?;
+        self.confirm_published()?;
         if unfinished > 0 || waiting > 0 {
             tracing::info!(
                 orchestrator = %self.name,

@@ -1,8 +1,8 @@
 //! Stored saga records and their keys.
 //!
-//! One sled tree `saga.NAME` per orchestrator holds every record, told apart by the first key
-//! byte. Numbers in keys are big-endian so that keys sort by them. Saga ids contain no zero
-//! byte, so a zero byte ends an id inside a key.
+//! One sled tree `saga.NAME` per orchestrator stores every record, and the first key byte
+//! tells the kinds apart. Numbers in keys are big-endian so that keys sort by them. Saga ids
+//! contain no zero byte, so a zero byte ends an id inside a key.
 //!
 //! | key | value |
 //! |---|---|
@@ -56,7 +56,7 @@ pub(crate) struct SagaRecord {
     pub step_names: Vec<String>,
 }
 
-/// What a saga does next.
+/// The next work of a saga.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum Phase {
     /// `attempt` of `kind` of `step` starts when the timer fires. In `NeedsOperator` there is

@@ -5,11 +5,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-/// Where a saga is in its life.
+/// The stage of a saga's life.
 ///
-/// `Running` and `Compensating` sagas make progress on their own; `NeedsOperator` waits for
+/// `Running` and `Compensating` sagas make progress on their own. `NeedsOperator` waits for
 /// [`SagaOrchestrator::compensate`](crate::SagaOrchestrator::compensate) or
-/// [`SagaOrchestrator::abort`](crate::SagaOrchestrator::abort); the other three are final.
+/// [`SagaOrchestrator::abort`](crate::SagaOrchestrator::abort). The other three are final.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum SagaState {
     /// Steps run forward.
@@ -47,7 +47,7 @@ impl SagaState {
         )
     }
 
-    /// The byte that orders this state in the state index.
+    /// Returns the byte that orders this state in the state index.
     pub(crate) fn index_byte(self) -> u8 {
         match self {
             SagaState::Running => 0,
@@ -74,7 +74,7 @@ impl fmt::Display for SagaState {
     }
 }
 
-/// Which side of a step runs: its action or its compensation.
+/// The side of a step that runs: its action or its compensation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum StepKind {
     /// The forward action.
@@ -275,7 +275,7 @@ impl fmt::Display for HistoryEntry {
     }
 }
 
-/// What a saga does right now.
+/// The work a saga does right now.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Activity {
@@ -322,9 +322,9 @@ pub struct SagaStatus {
     pub state: SagaState,
     /// When the saga entered `state`, in milliseconds since the Unix epoch.
     pub state_since_ms: u64,
-    /// Why the saga entered `state`, for every state but `Running`.
+    /// The reason the saga entered `state`, for every state but `Running`.
     pub reason: Option<String>,
-    /// What runs now.
+    /// The work that runs now.
     pub activity: Activity,
     /// The steps whose action succeeded, in step order.
     pub completed_steps: Vec<String>,
@@ -339,7 +339,8 @@ pub struct SagaStatus {
 }
 
 impl SagaStatus {
-    /// How long the saga has been in its state, by the orchestrator's clock at `now_ms`.
+    /// Returns how long the saga has been in its state, by the orchestrator's clock at
+    /// `now_ms`.
     pub fn in_state_for(&self, now_ms: u64) -> Duration {
         Duration::from_millis(now_ms.saturating_sub(self.state_since_ms))
     }
@@ -357,6 +358,6 @@ pub struct SagaSummary {
     pub state: SagaState,
     /// When the saga last changed, in milliseconds since the Unix epoch.
     pub updated_ms: u64,
-    /// Why the saga entered its state, for every state but `Running`.
+    /// The reason the saga entered its state, for every state but `Running`.
     pub reason: Option<String>,
 }

@@ -19,7 +19,7 @@ struct StoredEntry {
     entry: HistoryEntry,
 }
 
-/// What a transition writes besides the record.
+/// The writes of a transition besides the record.
 #[derive(Default)]
 pub(crate) struct Change {
     pub history: Vec<HistoryEvent>,
@@ -370,8 +370,8 @@ impl Store {
         if !self.finish(result)? {
             return Ok(false);
         }
-        // History without its record is unreachable, so a crash before this loop leaves
-        // only unused entries behind; a saga started later under the same id overwrites them.
+        // History without its record is unreachable, so a crash before this loop leaves only
+        // unused entries behind. A saga started later under the same id reads only its own.
         let mut batch = sled::Batch::default();
         for item in self.tree.scan_prefix(history_prefix(&record.id)) {
             let (key, _) = item.map_err(|e| self.storage(e))?;

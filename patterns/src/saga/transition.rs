@@ -1,18 +1,18 @@
 //! The saga state machine: how a record changes when an attempt ends, when compensation
 //! starts and when an operator acts. These functions only change the record and the
-//! [`Change`]; the store commits both in one transaction.
+//! [`Change`], and the store commits both in one transaction.
 
 use super::definition::{RetryPolicy, Saga};
 use super::record::{Phase, SagaRecord};
 use super::state::{HistoryEvent, SagaState, StepKind};
 use super::store::{Change, PendingChange};
 
-/// How an attempt ended.
+/// The outcome of an attempt.
 #[derive(Clone, Debug)]
 pub(crate) enum AttemptEnd {
     /// The action or compensation succeeded with this output.
     Succeeded(Vec<u8>),
-    /// It failed; the flag says whether another attempt can help.
+    /// It failed. `retryable` is true when another attempt can help.
     Failed { reason: String, retryable: bool },
     /// No reply arrived before the deadline. The effect is unknown.
     TimedOut { timeout_ms: u64 },

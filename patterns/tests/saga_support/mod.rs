@@ -2,8 +2,8 @@
 //! what they do, a request service with an inbox, and child processes killed with SIGKILL.
 //!
 //! A crash test runs its own binary again (`current_exe() --exact TEST --nocapture`) with the
-//! role and database directory in environment variables; the same test function reads them and
-//! plays the child. Children print reports as lines starting with `CHILD `.
+//! role and database directory in environment variables. The same test function reads them
+//! and plays the child. Children print reports as lines starting with `CHILD `.
 
 #![allow(dead_code)]
 
@@ -57,8 +57,8 @@ pub fn step_name(index: usize) -> String {
     format!("s{index}")
 }
 
-/// A saga of `steps` local steps; the action of step `fail_at` fails permanently. Actions log
-/// `do sN`, compensations `undo sN`.
+/// Builds a saga of `steps` local steps whose step `fail_at` fails permanently. Actions log
+/// `do sN` and compensations `undo sN`.
 pub fn local_saga(steps: usize, fail_at: Option<usize>, log: &Log) -> Saga {
     let mut saga = Saga::new("local");
     for index in 0..steps {
@@ -109,7 +109,7 @@ pub fn create_request_topics(broker: &Broker, steps: usize) {
     }
 }
 
-/// A saga of `steps` remote steps; step N sends its action and compensation to topic
+/// Builds a saga of `steps` remote steps. Step N sends its action and compensation to topic
 /// `service.sN`.
 pub fn remote_saga(steps: usize, timeout: Duration, retry: RetryPolicy) -> Saga {
     let mut saga = Saga::new("remote");
@@ -128,7 +128,7 @@ pub fn remote_saga(steps: usize, timeout: Duration, retry: RetryPolicy) -> Saga 
     saga
 }
 
-/// What a [`Service`] answers.
+/// The function that decides the reply of a [`Service`] to a request.
 pub type Behaviour = dyn Fn(&SagaRequest) -> Result<Vec<u8>, StepError> + Send + Sync;
 
 /// A service for every step of a remote saga: one consumer per request topic, an inbox that
@@ -167,8 +167,7 @@ impl Service {
     pub fn serve_available(&mut self) -> usize {
         let mut served = 0;
         for index in 0..self.consumers.len() {
-            while let Some(delivery) = self.consumers[index].try_recv().expect("receive request")
-            {
+            while let Some(delivery) = self.consumers[index].try_recv().expect("receive request") {
                 let request = SagaRequest::parse(&delivery).expect("a saga request");
                 let reply = self.handle(&request);
                 request.reply(&self.broker, reply).expect("reply");
@@ -196,10 +195,10 @@ impl Service {
 /// Counts one effect for `key` in `effects`, unless the inbox has seen `key`.
 pub fn record_effect(inbox: &Inbox, effects: &sled::Tree, key: &str) -> bool {
     let outcome = inbox
-        .process_key::<_, InboxError, _>(key, &[effects.clone()], |trees| {
-            let count = trees[0]
-                .get(key)?
-                .map_or(0, |value| u64::from_be_bytes(value.as_ref().try_into().unwrap()));
+        .process_key::<_, InboxError, _>(key, std::slice::from_ref(effects), |trees| {
+            let count = trees[0].get(key)?.map_or(0, |value| {
+                u64::from_be_bytes(value.as_ref().try_into().expect("an 8-byte counter"))
+            });
             trees[0].insert(key, &(count + 1).to_be_bytes())?;
             Ok(())
         })
@@ -207,15 +206,14 @@ pub fn record_effect(inbox: &Inbox, effects: &sled::Tree, key: &str) -> bool {
     !matches!(outcome, Processed::Duplicate)
 }
 
-/// How often the effect with idempotency key `key` took place.
+/// Returns how often the effect with idempotency key `key` took place.
 pub fn effect_count(effects: &sled::Tree, key: &str) -> u64 {
-    effects
-        .get(key)
-        .expect("read effects")
-        .map_or(0, |value| u64::from_be_bytes(value.as_ref().try_into().unwrap()))
+    effects.get(key).expect("read effects").map_or(0, |value| {
+        u64::from_be_bytes(value.as_ref().try_into().expect("an 8-byte counter"))
+    })
 }
 
-/// The idempotency key of one side of one step.
+/// Returns the idempotency key of one side of one step.
 pub fn key(orchestrator: &str, saga_id: &str, step: usize, kind: StepKind) -> String {
     format!("{orchestrator}/{saga_id}/s{step}/{}", kind.as_str())
 }
@@ -263,7 +261,10 @@ pub fn spawn(test: &str, role: &str, db: &Path) -> Child {
             let Ok(line) = line else { break };
             // libtest prints `test NAME ... ` without a newline before the first report.
             if let Some(start) = line.find(PREFIX) {
-                if sender.send(line[start + PREFIX.len()..].to_string()).is_err() {
+                if sender
+                    .send(line[start + PREFIX.len()..].to_string())
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -273,15 +274,15 @@ pub fn spawn(test: &str, role: &str, db: &Path) -> Child {
 }
 
 impl Child {
-    /// Waits up to 60 s for the report `wanted`; panics if the child exits or stays silent.
-    pub fn wait_for(&mut self, wanted: &str) {
+    /// Waits up to 60 s for the report `expected`; panics if the child exits or stays silent.
+    pub fn wait_for(&mut self, expected: &str) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
-                Ok(line) if line == wanted => return,
+                Ok(line) if line == expected => return,
                 Ok(_) => {}
-                Err(_) => panic!("child did not report {wanted:?} in time"),
+                Err(_) => panic!("child did not report {expected:?} in time"),
             }
         }
     }
