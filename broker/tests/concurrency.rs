@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 use aqueduct::{Broker, Consumer, ConsumerConfig, Message, OrderingMode, Receipt, TopicConfig};
 use futures_util::StreamExt;
 
-/// Longest single wait of a consumer before it checks whether to stop.
+/// Maximum single wait of a consumer before it checks whether to stop.
 const POLL: Duration = Duration::from_millis(50);
 
-/// Longest time a test lets its consumers run before it fails for lack of progress.
+/// Maximum time a test lets its consumers run before it fails for lack of progress.
 const DEADLINE: Duration = Duration::from_secs(60);
 
 /// Returns a well-mixed 64-bit value for `seed` (the splitmix64 finalizer), so that nack
@@ -33,8 +33,8 @@ fn open(dir: &tempfile::TempDir, topic: &str, partitions: u32) -> Broker {
     broker
 }
 
-/// Publishes `count` messages with the given payloads, alternating single publishes and
-/// batches of four, and returns the receipt of each payload.
+/// Publishes one message per `(key, payload)` pair, alternating single publishes and batches of
+/// four, and returns the receipt of each payload.
 fn publish_all(
     broker: &Broker,
     topic: &str,
@@ -77,9 +77,9 @@ struct Seen {
 
 #[test]
 fn unordered_threads_lose_nothing() {
-    const PRODUCERS: usize = 3;
-    const PER_PRODUCER: usize = 400;
-    const CONSUMERS: usize = 3;
+    const PRODUCERS: usize = 4;
+    const PER_PRODUCER: usize = 1_500;
+    const CONSUMERS: usize = 4;
     const TOTAL: usize = PRODUCERS * PER_PRODUCER;
     let dir = tempfile::tempdir().expect("tempdir");
     let broker = open(&dir, "jobs", 4);
@@ -174,10 +174,10 @@ fn unordered_threads_lose_nothing() {
 
 #[test]
 fn per_key_order_survives_nacks() {
-    const PRODUCERS: usize = 3;
-    const KEYS: usize = 12;
-    const PER_KEY: u16 = 60;
-    const CONSUMERS: usize = 3;
+    const PRODUCERS: usize = 4;
+    const KEYS: usize = 16;
+    const PER_KEY: u16 = 150;
+    const CONSUMERS: usize = 4;
     const TOTAL: usize = KEYS * PER_KEY as usize;
     let dir = tempfile::tempdir().expect("tempdir");
     let broker = open(&dir, "accounts", 4);
@@ -268,7 +268,7 @@ fn per_key_order_survives_nacks() {
     );
 }
 
-/// Per partition: the consumer that holds unsettled deliveries from it, and how many.
+/// Per partition: the consumer that has unsettled deliveries from it, and how many.
 type Holders = Mutex<HashMap<u32, (usize, usize)>>;
 
 /// Receives and settles in a per-partition group until `stop` is set, recording who held each
@@ -323,7 +323,7 @@ fn run_owner(
 fn per_partition_owner_moves_on_drop() {
     const PARTITIONS: u32 = 4;
     const CONSUMERS: usize = 3;
-    const PER_PHASE: usize = 400;
+    const PER_PHASE: usize = 1_000;
     let dir = tempfile::tempdir().expect("tempdir");
     let broker = open(&dir, "ledger", PARTITIONS);
     let config = ConsumerConfig::default().ordering(OrderingMode::PerPartition);
@@ -480,7 +480,7 @@ fn per_partition_nack_redelivers_first() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_consumers_receive_everything() {
-    const TOTAL: usize = 600;
+    const TOTAL: usize = 2_000;
     let dir = tempfile::tempdir().expect("tempdir");
     let broker = open(&dir, "events", 3);
     let producer = broker.clone();

@@ -1257,7 +1257,8 @@ impl World {
         );
         assert!(
             self.possibly_dead(group, state),
-            "{ctx}: group {name} dead-lettered {letter:?} although no lease on it can have              expired unseen ({state:?})"
+            "{ctx}: group {name} dead-lettered {letter:?} although no lease on it can have \
+             expired unseen ({state:?})"
         );
 
         let max = self.setup.max_deliveries;
