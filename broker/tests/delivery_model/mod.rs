@@ -560,11 +560,12 @@ impl World {
         if state.settled.is_some() || !model.buffered || model.audited {
             return false;
         }
+        let lease_live = state
+            .lease
+            .is_some_and(|lease| self.now < lease.deadline_ms);
         let hidden_expiry = self.setup.max_deliveries.is_some()
             && self.now >= state.anchor_ms + ACK_TIMEOUT_MS
-            && !state
-                .lease
-                .is_some_and(|lease| self.now < lease.deadline_ms);
+            && !lease_live;
         state.maybe_dead || hidden_expiry
     }
 
