@@ -209,9 +209,9 @@ impl SagaRequest {
     /// same reply twice stores it once within the reply topic's dedup window.
     ///
     /// The call returns after a broker flush made the reply durable, so ack the request after
-    /// it. In `Durability::Buffered` mode an ack can otherwise reach the disk in a flush round
-    /// that the reply misses, and a crash then loses the reply while the request counts as
-    /// done; the saga would wait for the step's timeout.
+    /// it. In `Durability::Buffered` mode an ack could otherwise reach the disk in a flush
+    /// round that the reply misses. A crash would then lose the reply while the request counts
+    /// as done, and the saga would wait for the step's timeout.
     ///
     /// A compensation request can arrive before a late attempt of the action it undoes (the
     /// action timed out and its request still waits in a queue). A service that records the

@@ -1,6 +1,7 @@
 //! The orchestrator handle: opening, starting sagas, status queries and operator actions.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -75,6 +76,8 @@ pub(crate) struct Inner {
     pub consumers: Mutex<Vec<Consumer>>,
     /// Requests published whose stored copies wait for a broker flush before removal.
     pub published: Mutex<Vec<(String, sled::IVec)>>,
+    /// Failed request publishes since open, to log only some of them.
+    pub publish_failures: AtomicU64,
     /// Bumped when a saga is started or changed by an operator, to wake a runner.
     pub wake: Signal,
 }
@@ -187,6 +190,7 @@ impl SagaOrchestrator {
                 reply_topic,
                 consumers: Mutex::new(consumers),
                 published: Mutex::new(Vec::new()),
+                publish_failures: AtomicU64::new(0),
                 wake: Signal::default(),
             }),
         };

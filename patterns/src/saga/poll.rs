@@ -2,7 +2,7 @@
 //! steps, and resuming after a restart.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 use aqueduct::{Consumer, Delivery};
 
@@ -27,8 +27,6 @@ const MAX_REPLIES: usize = 1024;
 
 /// Publish failures are logged the first time and then once per this many.
 const PUBLISH_FAILURE_LOG_EVERY: u64 = 100;
-
-static PUBLISH_FAILURES: AtomicU64 = AtomicU64::new(0);
 
 /// Counts of the work done by one [`SagaOrchestrator::poll`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -436,8 +434,8 @@ impl Inner {
         Ok(())
     }
 
-    /// Publishes a stored request with its stable message id; its stored copy is removed by
-    /// the next [`confirm_published`](Self::confirm_published). A repeated publish returns the
+    /// Publishes a stored request with its stable message id. The next
+    /// [`confirm_published`](Self::confirm_published) removes its stored copy. A repeated publish returns the
     /// original receipt through the topic's dedup.
     fn publish(
         &self,
@@ -454,7 +452,7 @@ impl Inner {
             }
             Err(error) => {
                 report.publish_failures += 1;
-                let failures = PUBLISH_FAILURES.fetch_add(1, Ordering::Relaxed);
+                let failures = self.publish_failures.fetch_add(1, Ordering::Relaxed);
                 if failures % PUBLISH_FAILURE_LOG_EVERY == 0 {
                     tracing::warn!(
                         orchestrator = %self.name,
