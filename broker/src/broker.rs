@@ -632,17 +632,21 @@ impl Shared {
         Ok(group)
     }
 
-    /// One flush round: write open blocks and changed cursors, then fsync.
+    /// Runs one flush round: writes changed cursors and open blocks, then fsyncs.
+    ///
+    /// Cursors are written before blocks. A publish that happened before an ack is then in an
+    /// open block when the ack's cursor is written, so the block write that follows stores it:
+    /// a crash can lose an ack whose publish survived (a redelivery), never the reverse.
     fn round(&self) -> Result<bool> {
+        let groups: Vec<Arc<Group>> = self.groups.lock().values().cloned().collect();
+        for group in &groups {
+            group.persist_dirty()?;
+        }
         let topics: Vec<Arc<TopicLog>> = self.topics.read().values().cloned().collect();
         let now = self.config.clock.now_ms();
         for topic in &topics {
             topic.seal_all()?;
             topic.expire_dedup(now)?;
-        }
-        let groups: Vec<Arc<Group>> = self.groups.lock().values().cloned().collect();
-        for group in &groups {
-            group.persist_dirty()?;
         }
         let retention_due = {
             let mut last = self.last_retention.lock();

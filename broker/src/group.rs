@@ -29,7 +29,7 @@ use crate::flusher::Flusher;
 use crate::hash::key_hash;
 use crate::log::{GroupFloor, Run, TopicLog};
 use crate::message::DeadLetterInfo;
-use crate::record::{CursorRecord, ParkedRecord, StoredMessage};
+use crate::record::{CursorRecord, DelaysRecord, ParkedRecord, StoredMessage};
 use crate::storage::{BlockWrite, CursorWrite, Storage};
 
 /// Fewest messages a fetch loads into a partition's window at a time.
@@ -123,6 +123,10 @@ struct PartitionCursor {
     /// it is handed out. Otherwise every message fetched behind a message that crashes the
     /// process would gain an attempt on every crash and reach the delivery limit unseen.
     suspects: BTreeSet<u64>,
+    /// `nack_after` redelivery times read from storage for offsets not loaded yet.
+    recovered_delays: BTreeMap<u64, u64>,
+    /// Whether a `nack_after` delay changed since the delays record was last written.
+    delays_dirty: bool,
 }
 
 struct Slot {
@@ -165,7 +169,12 @@ impl Group {
                 .storage
                 .load_cursor(parts.topic.id, partition, &parts.name)?;
             let track_keys = parts.ordering == OrderingMode::PerKey;
-            let cursor = PartitionCursor::restore(record.unwrap_or_default(), track_keys);
+            let mut cursor = PartitionCursor::restore(record.unwrap_or_default(), track_keys);
+            let delays = parts
+                .storage
+                .load_delays(parts.topic.id, partition, &parts.name)?;
+            cursor.recovered_delays = delays.entries.into_iter().collect();
+            cursor.forget_beyond(parts.topic.end_offset(partition));
             restored += cursor
                 .recovered
                 .values()
@@ -530,6 +539,10 @@ impl Group {
                 self.dead_letter_slot(state, partition, entry.offset, reason)?;
             } else {
                 cursor.ready.insert(entry.offset);
+                // As for a nack: the owner returns its buffer so the redelivery comes first.
+                if self.ordering == OrderingMode::PerPartition {
+                    state.generation += 1;
+                }
             }
         }
         Ok(())
@@ -567,6 +580,10 @@ impl Group {
                     slot.not_before = now.saturating_add(delay_ms);
                 }
                 cursor.ready.insert(offset);
+                if delay_ms > 0 {
+                    cursor.delays_dirty = true;
+                    cursor.dirty = true;
+                }
                 // The owner's buffer may hold later offsets of this partition. A new generation
                 // makes consumers return their buffers, so the redelivery comes first.
                 if self.ordering == OrderingMode::PerPartition {
@@ -659,6 +676,12 @@ impl Group {
         self.storage
             .put_cursor(self.topic.id, partition as u32, &self.name, &record)?;
         cursor.dirty = false;
+        if cursor.delays_dirty {
+            let delays = cursor.delays(self.clock.now_ms());
+            self.storage
+                .put_delays(self.topic.id, partition as u32, &self.name, &delays)?;
+            cursor.delays_dirty = false;
+        }
         Ok(())
     }
 
@@ -872,7 +895,8 @@ impl PartitionCursor {
                 self.key_queues.entry(hash).or_default().push_back(offset);
             }
         }
-        let not_before = message.deliver_at_ms.unwrap_or(0);
+        let delayed_until = self.recovered_delays.remove(&offset).unwrap_or(0);
+        let not_before = message.deliver_at_ms.unwrap_or(0).max(delayed_until);
         let slot = Slot {
             message,
             key_hash,
@@ -900,6 +924,19 @@ impl PartitionCursor {
         self.advance();
     }
 
+    /// Drops recovered state for offsets at or past `end`. A fetch writes attempt counts
+    /// before the flush round that stores the fetched messages, so a crash in between leaves
+    /// counts for offsets that were lost and will be assigned to new messages.
+    fn forget_beyond(&mut self, end: u64) {
+        self.recovered.split_off(&end);
+        self.recovered_delays.split_off(&end);
+        self.suspects.split_off(&end);
+        if self.committed > end {
+            self.committed = end;
+            self.loaded = end;
+        }
+    }
+
     /// Moves the next offset to load up to `low` when retention removed offsets that were never
     /// loaded; returns how many were skipped.
     fn skip_removed(&mut self, low: u64) -> u64 {
@@ -908,6 +945,7 @@ impl PartitionCursor {
         }
         let skipped = low - self.loaded;
         self.recovered = self.recovered.split_off(&low);
+        self.recovered_delays = self.recovered_delays.split_off(&low);
         self.loaded = low;
         self.run = None;
         self.advance();
@@ -973,6 +1011,23 @@ impl PartitionCursor {
             self.committed = committed;
             self.dirty = true;
         }
+    }
+
+    /// Lists the unsettled offsets whose `nack_after` delay has not passed at `now`.
+    fn delays(&self, now: u64) -> DelaysRecord {
+        let mut entries: Vec<(u64, u64)> = self
+            .window
+            .iter()
+            .filter(|(_, slot)| !slot.settled && slot.not_before > now)
+            .filter(|(_, slot)| slot.not_before > slot.message.deliver_at_ms.unwrap_or(0))
+            .map(|(offset, slot)| (*offset, slot.not_before))
+            .collect();
+        let recovered = self
+            .recovered_delays
+            .iter()
+            .filter(|(_, until)| **until > now);
+        entries.extend(recovered.map(|(offset, until)| (*offset, *until)));
+        DelaysRecord { entries }
     }
 
     fn record(&self) -> CursorRecord {

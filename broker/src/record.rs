@@ -27,6 +27,7 @@ pub(crate) enum Kind {
     Index = 7,
     Parked = 8,
     Generation = 9,
+    Delays = 10,
 }
 
 /// One stored message inside a block.
@@ -58,6 +59,13 @@ pub(crate) struct ParkedRecord {
     pub key: serde_bytes::ByteBuf,
     pub reason: String,
     pub parked_at_ms: u64,
+}
+
+/// Redelivery times that `nack_after` set in one partition of a group, as
+/// `(offset, not before, in milliseconds since the Unix epoch)`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct DelaysRecord {
+    pub entries: Vec<(u64, u64)>,
 }
 
 /// What the index stores about one block.

@@ -30,8 +30,8 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use crate::error::{Error, Result};
 use crate::generation::{self, GenerationRecord, GENERATION_FILE};
 use crate::record::{
-    self, CursorRecord, DedupRecord, GroupMetaRecord, IndexRecord, Kind, ParkedRecord, TopicRecord,
-    FORMAT_VERSION,
+    self, CursorRecord, DedupRecord, DelaysRecord, GroupMetaRecord, IndexRecord, Kind,
+    ParkedRecord, TopicRecord, FORMAT_VERSION,
 };
 
 /// Prefix of every tree the broker owns; application trees may not use it.
@@ -454,6 +454,34 @@ impl Storage {
         }
     }
 
+    /// Returns the `nack_after` delays of a group in one partition.
+    pub fn load_delays(&self, topic_id: u32, partition: u32, group: &str) -> Result<DelaysRecord> {
+        let key = delays_key(topic_id, partition, group);
+        match self.groups.get(&key)? {
+            Some(bytes) => record::decode(GROUPS_TREE, &key, Kind::Delays, &bytes),
+            None => Ok(DelaysRecord::default()),
+        }
+    }
+
+    /// Stores a group's `nack_after` delays in one partition, or removes them when empty.
+    pub fn put_delays(
+        &self,
+        topic_id: u32,
+        partition: u32,
+        group: &str,
+        delays: &DelaysRecord,
+    ) -> Result<()> {
+        self.check_writable()?;
+        let key = delays_key(topic_id, partition, group);
+        let result = if delays.entries.is_empty() {
+            self.groups.remove(key).map(drop)
+        } else {
+            let bytes = record::encode(Kind::Delays, delays)?;
+            self.groups.insert(key, bytes).map(drop)
+        };
+        self.guard(result)
+    }
+
     pub fn load_cursor(
         &self,
         topic_id: u32,
@@ -790,6 +818,14 @@ fn parked_key(topic_id: u32, group: &str, key: &[u8]) -> Vec<u8> {
         key,
     ]
     .concat()
+}
+
+/// The cursor key followed by a zero byte, which no group name contains, and `delays`.
+fn delays_key(topic_id: u32, partition: u32, group: &str) -> Vec<u8> {
+    let mut key = cursor_key(topic_id, partition, group);
+    key.push(0);
+    key.extend_from_slice(b"delays");
+    key
 }
 
 fn group_meta_key(topic_id: u32, group: &str) -> Vec<u8> {

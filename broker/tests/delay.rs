@@ -172,3 +172,35 @@ fn blocked_consumer_wakes_on_clock_advance() {
         started.elapsed()
     );
 }
+
+#[test]
+fn nack_after_delay_survives_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(START_MS);
+    {
+        let broker = open(dir.path(), &clock);
+        broker
+            .create_topic("t", TopicConfig::default())
+            .expect("create");
+        broker
+            .publish("t", Message::new("retry me"))
+            .expect("publish");
+        let mut consumer = broker.subscribe("t", "g").expect("subscribe");
+        let delivery = consumer.try_recv().expect("recv").expect("delivery");
+        delivery
+            .nack_after(Duration::from_secs(30))
+            .expect("nack_after");
+    }
+    let broker = open(dir.path(), &clock);
+    let mut consumer = broker.subscribe("t", "g").expect("subscribe");
+    assert!(
+        consumer.try_recv().expect("recv").is_none(),
+        "the delay holds after a restart"
+    );
+    clock.advance(Duration::from_secs(30));
+    let again = consumer
+        .try_recv()
+        .expect("recv")
+        .expect("due after the delay");
+    assert_eq!(again.attempt(), 2);
+}

@@ -1012,9 +1012,8 @@ impl World {
         self.open_broker();
         for group in &mut self.groups {
             for state in group.messages.iter_mut().flatten() {
-                // NOTE: a nack delay is kept in memory only, so a restart makes the message
-                // deliverable at once.
-                state.not_before = 0;
+                // A `nack_after` delay is stored with the group's cursor, so it outlives the
+                // restart; leases do not.
                 state.lease = None;
             }
         }
