@@ -52,6 +52,9 @@ mod signal;
 mod stats;
 mod storage;
 
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
+
 pub use crate::broker::Broker;
 pub use crate::clock::{Clock, ManualClock, SystemClock};
 pub use crate::config::{
