@@ -246,7 +246,18 @@ impl Storage {
         let mut topics = Vec::new();
         for item in self.meta.scan_prefix(TOPIC_PREFIX) {
             let (key, value) = item?;
-            topics.push(record::decode(META_TREE, &key, Kind::Topic, &value)?);
+            let topic: TopicRecord = record::decode(META_TREE, &key, Kind::Topic, &value)?;
+            // A record that decodes can still hold a configuration that `create_topic` rejects,
+            // such as zero partitions, which the broker cannot serve.
+            topic
+                .config
+                .validate(&topic.name)
+                .map_err(|error| Error::Corrupt {
+                    tree: META_TREE,
+                    key: record::hex(&key),
+                    reason: format!("stored topic configuration is invalid: {error}"),
+                })?;
+            topics.push(topic);
         }
         Ok(topics)
     }
@@ -348,7 +359,9 @@ impl Storage {
         for item in self.index.range(start..=end) {
             let (key, value) = item?;
             let base = block_base(&key)?;
-            entries.push((base, record::decode(INDEX_TREE, &key, Kind::Index, &value)?));
+            let entry: IndexRecord = record::decode(INDEX_TREE, &key, Kind::Index, &value)?;
+            check_block_end(INDEX_TREE, &key, base, entry.count)?;
+            entries.push((base, entry));
         }
         Ok(entries)
     }
@@ -388,6 +401,7 @@ impl Storage {
             let (key, value) = item?;
             let base = block_base(&key)?;
             let entry = describe(base, &value)?;
+            check_block_end(LOG_TREE, &key, base, entry.count)?;
             let result = self
                 .index
                 .insert(&key, record::encode(Kind::Index, &entry)?)
@@ -489,15 +503,12 @@ impl Storage {
         group: &str,
     ) -> Result<Option<CursorRecord>> {
         let key = cursor_key(topic_id, partition, group);
-        match self.groups.get(&key)? {
-            Some(bytes) => Ok(Some(record::decode(
-                GROUPS_TREE,
-                &key,
-                Kind::GroupCursor,
-                &bytes,
-            )?)),
-            None => Ok(None),
-        }
+        let Some(bytes) = self.groups.get(&key)? else {
+            return Ok(None);
+        };
+        let cursor: CursorRecord = record::decode(GROUPS_TREE, &key, Kind::GroupCursor, &bytes)?;
+        check_cursor(&key, &cursor)?;
+        Ok(Some(cursor))
     }
 
     pub fn put_cursor(
@@ -784,6 +795,49 @@ fn dedup_key(topic_id: u32, id: &str) -> Vec<u8> {
         id.as_bytes(),
     ]
     .concat()
+}
+
+/// Rejects a block whose offsets would pass `u64::MAX`, which only a damaged key or record
+/// can describe.
+fn check_block_end(tree: &'static str, key: &[u8], base: u64, count: u32) -> Result<()> {
+    // The partition's next offset, one past the block's end, must fit as well.
+    if base.checked_add(u64::from(count) + 1).is_some() {
+        return Ok(());
+    }
+    Err(Error::Corrupt {
+        tree,
+        key: record::hex(key),
+        reason: format!(
+            "block at offset {base} with {count} messages ends past the largest offset"
+        ),
+    })
+}
+
+/// Rejects a cursor whose offsets pass `u64::MAX` or whose attempt count leaves no room for
+/// another delivery. The broker writes neither.
+fn check_cursor(key: &[u8], cursor: &CursorRecord) -> Result<()> {
+    let reason = cursor.entries.iter().find_map(|&(delta, attempts, _)| {
+        if cursor.committed.checked_add(delta).is_none() {
+            Some(format!(
+                "entry {delta} past committed offset {} is past the largest offset",
+                cursor.committed
+            ))
+        } else if attempts == u32::MAX {
+            Some(format!(
+                "attempt count {attempts} leaves no room for another delivery"
+            ))
+        } else {
+            None
+        }
+    });
+    match reason {
+        Some(reason) => Err(Error::Corrupt {
+            tree: GROUPS_TREE,
+            key: record::hex(key),
+            reason,
+        }),
+        None => Ok(()),
+    }
 }
 
 fn block_base(key: &[u8]) -> Result<u64> {

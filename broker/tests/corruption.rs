@@ -2,8 +2,8 @@
 //! a panic, a hang or a store that silently lost data.
 //!
 //! Each test writes a small store, closes it, damages a copy on disk (truncates or overwrites
-//! the sled `db` file, replaces `conf`, writes undecodable records through a raw sled handle)
-//! and opens the copy again. Every open runs on its own thread with a deadline, so a panic or
+//! the sled `db` file, replaces `conf`, writes undecodable records, or records that decode but
+//! hold values the broker never writes, through a raw sled handle) and opens the copy again. Every open runs on its own thread with a deadline, so a panic or
 //! a hang inside sled fails the test with a message instead of aborting or stalling the run.
 //!
 //! The lock tests hold the database open in this process or in a child process. The child is
@@ -34,6 +34,10 @@ const GROUPS_TREE: &str = "__aqueduct.groups";
 /// Record kind bytes, from `docs/FORMAT.md`.
 const FORMAT_KIND: u8 = 1;
 const TOPIC_KIND: u8 = 2;
+const CURSOR_KIND: u8 = 5;
+const INDEX_KIND: u8 = 7;
+
+const INDEX_TREE: &str = "__aqueduct.index";
 
 /// Maximum time one open may take before the test reports a hang.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -252,6 +256,106 @@ fn undecodable_cursor_is_corrupt() {
         "consuming with an undecodable cursor must fail with Error::Corrupt in {GROUPS_TREE}, \
          got {outcome:?}"
     );
+}
+
+#[test]
+fn stored_topic_with_zero_partitions_is_corrupt() {
+    let store = Store::create();
+    let copy = store.copy("zero-partitions");
+    // Topic id 0 with a configuration that `create_topic` rejects.
+    let config = TopicConfig::default().partitions(0);
+    let body = postcard::to_stdvec(&(0u32, TOPIC, config)).expect("encode topic record");
+    let record = [&[FORMAT_VERSION, TOPIC_KIND][..], &body].concat();
+    copy.put_raw(META_TREE, format!("topic/{TOPIC}").as_bytes(), &record);
+    let outcome = open_bounded(&copy.path, "topic with zero partitions");
+    assert!(
+        matches!(
+            outcome,
+            Err(Error::Corrupt {
+                tree: META_TREE,
+                ..
+            })
+        ),
+        "a stored topic with zero partitions must fail to open with Error::Corrupt in \
+         {META_TREE}, got {outcome:?}"
+    );
+}
+
+#[test]
+fn stored_block_past_max_offset_is_corrupt() {
+    let store = Store::create();
+    let copy = store.copy("block-past-max-offset");
+    // Topic id 0, partition 0, a base offset two below u64::MAX, and an index entry of five
+    // messages, so the block would end past the largest offset.
+    let key = [&[0u8; 8][..], &(u64::MAX - 2).to_be_bytes()].concat();
+    let body = postcard::to_stdvec(&(5u32, 100u64, 0u64)).expect("encode index record");
+    let record = [&[FORMAT_VERSION, INDEX_KIND][..], &body].concat();
+    copy.put_raw(INDEX_TREE, &key, &record);
+    let outcome = open_bounded(&copy.path, "block past the largest offset");
+    assert!(
+        matches!(
+            outcome,
+            Err(Error::Corrupt {
+                tree: INDEX_TREE,
+                ..
+            })
+        ),
+        "a block ending past u64::MAX must fail to open with Error::Corrupt in {INDEX_TREE}, \
+         got {outcome:?}"
+    );
+}
+
+#[test]
+fn stored_cursor_past_max_offset_is_corrupt() {
+    let entries = vec![(5u64, 1u32, false)];
+    let outcome = consume_with_cursor("cursor-past-max-offset", u64::MAX - 1, entries);
+    assert!(
+        matches!(
+            outcome,
+            Err(Error::Corrupt {
+                tree: GROUPS_TREE,
+                ..
+            })
+        ),
+        "a cursor entry past u64::MAX must fail with Error::Corrupt in {GROUPS_TREE}, got \
+         {outcome:?}"
+    );
+}
+
+#[test]
+fn stored_cursor_at_max_attempts_is_corrupt() {
+    let entries = vec![(0u64, u32::MAX, false)];
+    let outcome = consume_with_cursor("cursor-max-attempts", 0, entries);
+    assert!(
+        matches!(
+            outcome,
+            Err(Error::Corrupt {
+                tree: GROUPS_TREE,
+                ..
+            })
+        ),
+        "a cursor entry with u32::MAX attempts must fail with Error::Corrupt in {GROUPS_TREE}, \
+         got {outcome:?}"
+    );
+}
+
+/// Replaces the group's cursor of partition 0 in a copy of a store with a record that decodes,
+/// then opens the copy and receives once.
+fn consume_with_cursor(
+    name: &str,
+    committed: u64,
+    entries: Vec<(u64, u32, bool)>,
+) -> aqueduct::Result<()> {
+    let store = Store::create();
+    let copy = store.copy(name);
+    // Topic id 0, partition 0, then the group name.
+    let key = [&[0u8; 8][..], GROUP.as_bytes()].concat();
+    let body = postcard::to_stdvec(&(committed, entries)).expect("encode cursor record");
+    let record = [&[FORMAT_VERSION, CURSOR_KIND][..], &body].concat();
+    copy.put_raw(GROUPS_TREE, &key, &record);
+    let broker = open_bounded(&copy.path, name)?;
+    let mut consumer = broker.subscribe(TOPIC, GROUP)?;
+    consumer.recv_timeout(Duration::from_secs(1)).map(drop)
 }
 
 #[test]
