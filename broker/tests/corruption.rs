@@ -1,10 +1,11 @@
 //! Damaged, foreign and locked database directories: opening them returns a typed error, never
 //! a panic, a hang or a store that silently lost data.
 //!
-//! Each test writes a small store, closes it, damages a copy on disk (truncates or overwrites
-//! the sled `db` file, replaces `conf`, writes undecodable records, or records that decode but
-//! hold values the broker never writes, through a raw sled handle) and opens the copy again. Every open runs on its own thread with a deadline, so a panic or
-//! a hang inside sled fails the test with a message instead of aborting or stalling the run.
+//! Each test writes a small store, closes it, damages a copy on disk and opens the copy again.
+//! The damage truncates or overwrites the sled `db` file, replaces `conf`, or writes records
+//! through a raw sled handle: records that do not decode, and records that decode but hold
+//! values the broker never writes. Every open runs on its own thread with a deadline, so a panic
+//! or a hang inside sled fails the test with a message instead of aborting or stalling the run.
 //!
 //! The lock tests hold the database open in this process or in a child process. The child is
 //! this test binary run again with `--exact child_process` and `AQUEDUCT_LOCK_DIR` set; without
