@@ -39,8 +39,8 @@ fn rules() -> Rules {
 fn summary() -> &'static Summary {
     static SUMMARY: OnceLock<Summary> = OnceLock::new();
     SUMMARY.get_or_init(|| {
-        let invoices = checkout::read(DATA.as_bytes()).unwrap();
-        let dir = tempfile::tempdir().unwrap();
+        let invoices = checkout::read(DATA.as_bytes()).expect("test data parses");
+        let dir = tempfile::tempdir().expect("temporary directory");
         let mut config = Config::new(dir.path().join("db"));
         config.rules = rules();
         run(&invoices, &config)

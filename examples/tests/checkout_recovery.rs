@@ -46,16 +46,16 @@ fn config(db: &Path, resume: bool) -> Config {
     config
 }
 
-/// The summary of an uninterrupted run, computed once per test binary.
+/// Returns the summary of an uninterrupted run, computed once per test binary.
 fn reference() -> &'static Summary {
     static REFERENCE: OnceLock<Summary> = OnceLock::new();
     REFERENCE.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("temporary directory");
         run(invoices(), &config(&dir.path().join("db"), false))
     })
 }
 
-/// The first invoice whose saga ended in `state` with a reason containing `reason`.
+/// Returns the first invoice whose saga ended in `state` with a reason containing `reason`.
 fn invoice_where(state: SagaState, reason: &str) -> String {
     reference()
         .outcome
@@ -70,7 +70,7 @@ fn invoice_where(state: SagaState, reason: &str) -> String {
         .expect("an invoice with that outcome in the reference run")
 }
 
-/// Plays the child: runs the checkout as the role says until it dies.
+/// Plays the child: runs the checkout in the given role until the process dies.
 #[test]
 fn child_process() {
     let Some((role, db)) = child_role() else {
@@ -148,7 +148,7 @@ fn reference_passes_checks() {
 #[test]
 fn sigkill_midway_then_resume() {
     let expected = reference();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("temporary directory");
     let db = dir.path().join("db");
 
     let mut child = spawn(CHILD_TEST, "run", &db);
@@ -167,7 +167,7 @@ fn sigkill_midway_then_resume() {
 #[test]
 fn kill_after_then_resume() {
     let expected = reference();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("temporary directory");
     let db = dir.path().join("db");
 
     let status = spawn(CHILD_TEST, "kill-after:40", &db).wait();
@@ -186,7 +186,7 @@ fn kill_after_then_resume() {
 /// Kills a child at a crash point, resumes, and compares with the reference.
 fn crash_and_resume(role: &str) {
     let expected = reference();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("temporary directory");
     let db = dir.path().join("db");
 
     let status = spawn(CHILD_TEST, role, &db).wait();

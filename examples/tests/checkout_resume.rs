@@ -13,12 +13,12 @@ InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Countr
 ";
 
 fn invoices() -> Vec<Invoice> {
-    checkout::read(DATA.as_bytes()).unwrap()
+    checkout::read(DATA.as_bytes()).expect("test data parses")
 }
 
 #[test]
 fn resume_without_database_fails() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("temporary directory");
     let mut config = Config::new(dir.path().join("db"));
     config.resume = true;
     let error = checkout::run(&invoices(), &config, &|_| {}).unwrap_err();
@@ -30,7 +30,7 @@ fn resume_without_database_fails() {
 
 #[test]
 fn resume_with_other_rules_fails() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("temporary directory");
     let mut config = Config::new(dir.path().join("db"));
     run(&invoices(), &config);
 
@@ -45,7 +45,7 @@ fn resume_with_other_rules_fails() {
 
 #[test]
 fn resume_of_finished_run_changes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("temporary directory");
     let mut config = Config::new(dir.path().join("db"));
     let first = run(&invoices(), &config);
 

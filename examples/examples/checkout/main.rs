@@ -10,7 +10,7 @@
 
 mod report;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -26,7 +26,7 @@ struct Args {
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/data/online-retail/online_retail.csv"))]
     data: PathBuf,
 
-    /// The database directory; removed at the start unless --resume is given.
+    /// The database directory. It is removed at the start unless --resume is given.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/checkout-db"))]
     db: PathBuf,
 
@@ -42,7 +42,7 @@ struct Args {
     #[arg(long, value_name = "N")]
     invoices: Option<usize>,
 
-    /// Most sagas unfinished at once.
+    /// Maximum number of unfinished sagas at once.
     #[arg(long, default_value_t = 64, value_name = "N")]
     window: usize,
 
@@ -56,7 +56,9 @@ fn main() -> ExitCode {
         .with_env_filter(env_filter())
         .with_writer(std::io::stderr)
         .init();
-    let args = Args::parse();
+    let mut args = Args::parse();
+    args.data = tidy(&args.data);
+    args.db = tidy(&args.db);
     match run(&args) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
@@ -67,7 +69,7 @@ fn main() -> ExitCode {
     }
 }
 
-/// Runs the checkout; returns false when the summary's checks found problems.
+/// Runs the checkout and returns false when the summary's checks found problems.
 fn run(args: &Args) -> Result<bool, checkout::CheckoutError> {
     let mut invoices = checkout::load(&args.data)?;
     if let Some(count) = args.invoices {
@@ -86,6 +88,24 @@ fn run(args: &Args) -> Result<bool, checkout::CheckoutError> {
     bar.finish_and_clear();
     report::print_summary(&summary);
     Ok(summary.problems.is_empty())
+}
+
+/// Resolves the `..` in the default paths when their parent directory exists, and shortens
+/// them to paths relative to the current directory, for printing.
+fn tidy(path: &Path) -> PathBuf {
+    let parent = path.parent().and_then(|parent| parent.canonicalize().ok());
+    let full = match (parent, path.file_name()) {
+        (Some(parent), Some(name)) => parent.join(name),
+        _ => return path.to_path_buf(),
+    };
+    let current = std::env::current_dir().ok();
+    match current
+        .as_deref()
+        .and_then(|dir| full.strip_prefix(dir).ok())
+    {
+        Some(relative) => relative.to_path_buf(),
+        None => full,
+    }
 }
 
 fn progress_bar() -> ProgressBar {

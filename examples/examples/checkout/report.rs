@@ -43,8 +43,16 @@ pub fn print_summary(summary: &Summary) {
         println!("    {reason:<26} {:>6}", thousands(*count));
     }
     print_compensations(summary);
+    print_totals(summary);
+    print_timing(summary);
+    print_checks(summary);
+}
+
+/// Prints cancellations, emails, money, stock and lookups.
+fn print_totals(summary: &Summary) {
+    let outcome = &summary.outcome;
     println!(
-        "  cancellations   {} refunded ({}), {} needed no refund (order not charged), {} \
+        "  cancellations   {} refunded ({}), {} needed no refund (order not charged or paid back), {} \
          without a matching order in the data",
         thousands(outcome.refunds.0),
         gbp(outcome.refunds.1),
@@ -72,11 +80,9 @@ pub fn print_summary(summary: &Summary) {
         units(outcome.stock.released_units)
     );
     println!(
-        "  lookups         {} answered by the order-lookup read model",
+        "  lookups         {} served by the order-lookup read model in this process",
         thousands(summary.lookups)
     );
-    print_timing(summary);
-    print_checks(summary);
 }
 
 /// Prints how often each step was compensated.

@@ -62,7 +62,7 @@ pub enum DataError {
         field: &'static str,
         /// The rejected value.
         value: String,
-        /// What a valid value looks like.
+        /// The expected form of the value.
         reason: &'static str,
     },
 
@@ -78,7 +78,7 @@ pub enum DataError {
     },
 }
 
-/// What an invoice stands for.
+/// The kind of an invoice.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum InvoiceKind {
     /// A customer order.
@@ -190,7 +190,7 @@ pub fn read(input: impl Read) -> Result<Vec<Invoice>, DataError> {
     Ok(invoices)
 }
 
-/// Checks that every line of an order asks for at least one unit.
+/// Checks that every line of an order has a quantity of at least 1.
 fn check_order_quantities(invoice: &Invoice) -> Result<(), DataError> {
     if invoice.kind() != InvoiceKind::Order {
         return Ok(());

@@ -7,7 +7,7 @@ use super::data::DataError;
 use super::lookup::LookupError;
 use super::services::ServiceError;
 
-/// Why a checkout run failed.
+/// The errors of a checkout run.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CheckoutError {

@@ -1,4 +1,4 @@
-//! The order-lookup read model (CQRS): a projection of the `order.events` topic that answers
+//! The order-lookup read model (CQRS): a projection of the `order.events` topic that serves
 //! customer-service queries by invoice and by customer.
 //!
 //! The inventory service and the refund saga read it too, to learn whether an earlier order
@@ -21,7 +21,7 @@ pub const PROJECTION: &str = "order-lookup";
 const ORDERS: &str = "orders";
 const CUSTOMERS: &str = "customers";
 
-/// An invoice as customer service sees it.
+/// An invoice as customer service looks it up.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderView {
     /// The invoice number.
@@ -60,7 +60,7 @@ pub struct OrderView {
     pub no_refund: Option<String>,
 }
 
-/// Where an invoice is, derived from its view.
+/// The status of an invoice, derived from its view.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OrderStatus {
     /// Steps are still running; `stage` is the last one done.
@@ -314,7 +314,7 @@ impl OrderLookup {
         Ok(found)
     }
 
-    /// Returns how many lookups this handle and its clones answered.
+    /// Returns how many lookups this handle and its clones served.
     pub fn answered(&self) -> u64 {
         self.answered.load(Ordering::Relaxed)
     }

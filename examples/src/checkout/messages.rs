@@ -1,5 +1,5 @@
-//! What the order service plans from the data, the saga inputs, and the events on the
-//! `order.events` topic that feed the order-lookup read model.
+//! The plan that the order service makes from the data, the saga inputs, and the events on
+//! the `order.events` topic that feed the order-lookup read model.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -52,7 +52,7 @@ pub struct RefundRequest {
     pub amount_pence: i64,
 }
 
-/// What the order service does with one invoice.
+/// The order service's plan for one invoice.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Planned {
     /// A customer order; a checkout saga runs for it.

@@ -96,10 +96,10 @@ fn enqueue_events(
     Ok(())
 }
 
-/// What the saga starter needs.
+/// The saga starter: reads `order.placed` and starts sagas within a window.
 pub(crate) struct Starter {
     pub orchestrator: SagaOrchestrator,
-    /// Most sagas unfinished at once.
+    /// Maximum number of unfinished sagas at once.
     pub window: usize,
     /// Abort the process after this many sagas were started by this process.
     pub kill_after: Option<u64>,

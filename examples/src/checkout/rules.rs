@@ -10,10 +10,10 @@ pub const SERVICE_CODES: [&str; 3] = ["POST", "DOT", "C2"];
 
 /// Stock codes that are not products: manual entries, samples, discounts, bad-debt
 /// adjustments, commissions and fees. Gift vouchers (`gift_...`) count too. The inventory
-/// service rejects an order with such a line, because nobody can pick it from a shelf.
+/// service rejects an order with such a line, because such a line cannot be picked from a shelf.
 pub const NON_PRODUCT_CODES: [&str; 7] = ["M", "S", "D", "B", "CRUK", "AMAZONFEE", "BANK CHARGES"];
 
-/// What a stock code stands for.
+/// The kind of a stock code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CodeKind {
     /// A product kept in stock.

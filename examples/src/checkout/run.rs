@@ -37,7 +37,7 @@ pub struct Config {
     pub resume: bool,
     /// The business rules.
     pub rules: Rules,
-    /// Most sagas unfinished at once. Default 64.
+    /// Maximum number of unfinished sagas at once. Default 64.
     pub window: usize,
     /// Workers of each service pool except the reservation pool, which has one. Default 2.
     pub workers: usize,
@@ -109,6 +109,11 @@ pub fn run(
     place_all(&app, &planned, &mut report, progress)?;
     wait_until_done(&app, config.stall_timeout, &mut report, progress)?;
     let stopped = app.stop()?;
+    if report.finished < report.sagas {
+        return Err(CheckoutError::Panicked {
+            thread: "saga starter",
+        });
+    }
     let elapsed = started_at.elapsed();
     let finished_here = report.finished.saturating_sub(finished_before);
     summarize(&planned, &stopped, elapsed, finished_here)
@@ -288,7 +293,7 @@ impl App {
     }
 }
 
-/// What is left after the run stopped, for the summary.
+/// The components left after the run stopped, which the summary reads.
 pub(crate) struct Stopped {
     pub orchestrator: SagaOrchestrator,
     pub projection: ProjectionRunner,
@@ -358,7 +363,8 @@ fn place_all(
     Ok(())
 }
 
-/// Waits until every saga has finished; fails when none finishes for `stall_timeout`.
+/// Waits until every saga has finished or the starter has ended. Fails when no saga finishes
+/// for `stall_timeout`.
 fn wait_until_done(
     app: &App,
     stall_timeout: Duration,
@@ -378,9 +384,8 @@ fn wait_until_done(
             return Ok(());
         }
         if app.starter.is_finished() {
-            return Err(CheckoutError::Panicked {
-                thread: "saga starter",
-            });
+            // The starter ended early; `App::stop` joins it and returns its error.
+            return Ok(());
         }
         if last_change.elapsed() > stall_timeout {
             return Err(stalled(app, stall_timeout, finished, report.sagas));

@@ -53,7 +53,7 @@ pub fn order_saga() -> Saga {
 }
 
 /// Builds the refund saga: wait until the cancelled order has finished (a local step that
-/// asks the order-lookup read model), then ask the payment service for the refund.
+/// queries the order-lookup read model), then request the refund from the payment service.
 pub fn refund_saga(lookup: OrderLookup) -> Saga {
     let wait = Action::local(move |ctx| await_order(ctx, &lookup));
     // Orders finish within seconds; the budget of attempts covers several minutes of waiting.
@@ -70,7 +70,7 @@ pub fn refund_saga(lookup: OrderLookup) -> Saga {
         )
 }
 
-/// A request whose payload is the saga's input.
+/// Creates a request action whose payload is the saga's input.
 fn forward(topic: &str) -> Action {
     Action::request(topic, |ctx| Ok(ctx.input().to_vec()))
 }

@@ -28,7 +28,7 @@ pub(crate) struct Services {
 pub struct InvoiceOutcome {
     /// The final state of its saga, or `None` when it has none.
     pub saga_state: Option<SagaState>,
-    /// Why the saga was compensated, if it was.
+    /// The reason the saga was compensated, if it was.
     pub reason: Option<String>,
     /// The steps compensated, in the order they ran.
     pub compensated: Vec<String>,
@@ -88,7 +88,8 @@ pub struct Summary {
     pub outcome: Outcome,
     /// Inconsistencies found; empty when every check passed.
     pub problems: Vec<String>,
-    /// Customer-service lookups answered while the run went on and in the final check.
+    /// Order lookups that the read model served in this process: customer service during
+    /// the run, and the final check of every invoice.
     pub lookups: u64,
     /// Time this process spent from start to the last saga.
     pub elapsed: Duration,

@@ -2,7 +2,7 @@
 //! run the checkout and die by SIGKILL or `abort`.
 //!
 //! A recovery test runs its own binary again (`current_exe() --exact child_process`) with the
-//! role and database directory in environment variables; the `child_process` test reads them
+//! role and database directory in environment variables. The `child_process` test reads them
 //! and plays the child. Children print reports as lines starting with `CHILD `.
 
 #![allow(dead_code)]

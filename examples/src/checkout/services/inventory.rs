@@ -7,9 +7,9 @@
 //! `next-seq` is returned to the topic and retried shortly. So whether an order gets its stock
 //! depends only on the orders before it in the file.
 //!
-//! Stock that a compensation releases makes the outcome depend on timing unless the service
-//! knows, for each earlier reservation, whether it will be kept. It asks the order-lookup read
-//! model: a reservation of a completed order is kept, one of a failed order will be released,
+//! Stock that a compensation releases makes the outcome depend on timing, unless the service
+//! can tell for each earlier reservation whether it will be kept. It queries the order-lookup
+//! read model: a reservation of a completed order is kept, one of a failed order will be released,
 //! and one of an order still running is pending. A product fits when the request fits even if
 //! every pending reservation is kept; it is out of stock when the request does not fit even if
 //! every pending reservation is released. In between, the service waits for the earlier orders
@@ -63,7 +63,7 @@ struct Hold {
     released: bool,
 }
 
-/// What the service knows about the order behind an open reservation.
+/// The state of the order behind an open reservation, as the read model reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Fate {
     /// The order completed; the reservation stays.
@@ -224,7 +224,7 @@ impl InventoryService {
         Ok(bytes.map_or(0, |bytes| read_u64(&bytes)))
     }
 
-    /// Returns the open reservations with what the read model says about their orders.
+    /// Returns the open reservations with the state of their orders in the read model.
     fn open_fates(&self) -> Result<Vec<(u64, Fate)>, HandlerError> {
         let mut fates = Vec::new();
         for entry in self.base.tree().scan_prefix(b"open/") {
@@ -285,6 +285,7 @@ fn decide(
         )));
     }
     tree.insert(NEXT_SEQ, &(next + 1).to_be_bytes()[..])?;
+
     if tree.get(hold_key(order.seq))?.is_some() {
         return Ok(reject(
             order,
@@ -302,6 +303,7 @@ fn decide(
         );
         return Ok(reject(order, reason));
     }
+
     let need = products(order);
     let (going, pending) = tally_open(tree, fates)?;
     let mut short = Vec::new();
@@ -318,6 +320,7 @@ fn decide(
             )));
         }
     }
+
     if !short.is_empty() {
         return Ok(reject(order, format!("out of stock: {}", short.join(", "))));
     }

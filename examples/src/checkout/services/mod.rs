@@ -47,7 +47,7 @@ pub enum ServiceName {
     Email,
 }
 
-/// Where a service stops the process with `std::process::abort`, for crash tests.
+/// The place in a service's handling at which a crash test aborts the process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CrashStage {
     /// After the effect and its inbox mark committed and were flushed, before the event and
@@ -66,7 +66,7 @@ pub struct CrashPoint {
     pub invoice: String,
     /// The action or its compensation.
     pub kind: StepKind,
-    /// Where in the handling.
+    /// The place in the handling.
     pub stage: CrashStage,
 }
 
@@ -90,7 +90,7 @@ pub(crate) enum ServiceError {
     Undecided(String),
 }
 
-/// A service's answer to one request: the reply and the event that announces it.
+/// A service's decision on one request: the reply and the event that announces it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Decision {
     pub reply: Result<Vec<u8>, String>,
@@ -113,7 +113,7 @@ impl Decision {
     }
 }
 
-/// What every service shares: its broker, inbox, tree and crash point.
+/// The parts every service has: its broker, inbox, tree and crash point.
 #[derive(Clone)]
 pub(crate) struct ServiceBase {
     name: ServiceName,

@@ -158,7 +158,8 @@ fn pay_back(tree: &TransactionalTree, order: &OrderRequest) -> TxResult<Decision
 }
 
 /// Refunds a cancellation when its order was charged and kept the charge. The refund saga
-/// asks only once the order has finished, so this decision does not depend on timing.
+/// sends the request only after the order has finished, so this decision does not depend on
+/// timing.
 fn refund_cancellation(tree: &TransactionalTree, refund: &RefundRequest) -> TxResult<Decision> {
     let mut payment = read(tree, &refund.order)?;
     let reason = if payment.charged_pence == 0 {
