@@ -155,6 +155,12 @@ impl BrokerConfig {
             1024,
             96 * 1024,
         )?;
+        check_duration(
+            "BrokerConfig::retention_interval",
+            self.retention_interval,
+            Duration::from_millis(10),
+            Duration::from_secs(3600),
+        )?;
         check_range(
             "BrokerConfig::cache_bytes",
             self.cache_bytes,
@@ -375,6 +381,12 @@ impl TopicConfig {
             "TopicConfig::ack_timeout (ms)",
             self.ack_timeout_ms,
             1,
+            7 * 24 * 3600 * 1000,
+        )?;
+        check_range(
+            "TopicConfig::dedup_window (ms)",
+            self.dedup_window_ms,
+            0,
             7 * 24 * 3600 * 1000,
         )?;
         if let Retention::Limits { max_age, max_bytes } = self.retention {

@@ -266,6 +266,9 @@ impl TopicLog {
             return Ok(());
         };
         let started = Instant::now();
+        // A batch larger than the limit itself can never fit, so waiting for room is pointless.
+        let never_fits = limit.max_messages.is_some_and(|max| count > max)
+            || limit.max_bytes.is_some_and(|max| bytes > max);
         loop {
             let seen = self.space.seq();
             let (messages, backlog_bytes) = self.backlog();
@@ -277,11 +280,16 @@ impl TopicLog {
                 return Ok(());
             }
             let remaining = match limit.when_full {
-                WhenFull::Reject => None,
-                WhenFull::Block { timeout } => timeout.checked_sub(started.elapsed()),
+                WhenFull::Block { timeout } if !never_fits => {
+                    timeout.checked_sub(started.elapsed())
+                }
+                _ => None,
             };
             let Some(remaining) = remaining.filter(|left| !left.is_zero()) else {
                 let waited = match limit.when_full {
+                    _ if never_fits => {
+                        format!(" and a batch of {count} messages, {bytes} bytes never fits")
+                    }
                     WhenFull::Reject => String::new(),
                     WhenFull::Block { .. } => format!(" after waiting {:?}", started.elapsed()),
                 };

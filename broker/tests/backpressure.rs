@@ -181,3 +181,26 @@ fn fast_producer_slow_group_bounded() {
         "every message was published"
     );
 }
+
+#[test]
+fn oversized_batch_fails_without_waiting() {
+    let broker = Broker::temporary().expect("broker");
+    let config = limited(
+        3,
+        WhenFull::Block {
+            timeout: Duration::from_secs(30),
+        },
+    );
+    broker.create_topic("t", config).expect("create");
+    let started = Instant::now();
+    let batch = (0..4u8).map(|i| Message::new(vec![i]));
+    let error = broker
+        .publish_batch("t", batch)
+        .expect_err("four messages never fit in three");
+    assert!(matches!(error, Error::BacklogFull { .. }), "got {error:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "failed at once: {:?}",
+        started.elapsed()
+    );
+}

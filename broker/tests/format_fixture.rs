@@ -23,7 +23,10 @@ fn fixture_dir() -> PathBuf {
 }
 
 fn config(clock: &Arc<ManualClock>) -> BrokerConfig {
-    BrokerConfig::default().clock(clock.clone()).durability(Durability::Flushed).block_bytes(1024)
+    BrokerConfig::default()
+        .clock(clock.clone())
+        .durability(Durability::Flushed)
+        .block_bytes(1024)
 }
 
 #[test]
@@ -33,7 +36,9 @@ fn write_fixture() {
     let _ = std::fs::remove_dir_all(&dir);
     let clock = ManualClock::new(WRITTEN_AT_MS);
     let broker = Broker::open_with(&dir, config(&clock)).expect("open");
-    broker.create_topic("orders.dead", TopicConfig::default()).expect("dead-letter topic");
+    broker
+        .create_topic("orders.dead", TopicConfig::default())
+        .expect("dead-letter topic");
     let orders = TopicConfig::default()
         .partitions(2)
         .ack_timeout(Duration::from_secs(30))
@@ -48,17 +53,27 @@ fn write_fixture() {
             .header("source", "fixture");
         broker.publish("orders", message).expect("publish");
     }
-    let per_key = ConsumerConfig::default().ordering(OrderingMode::PerKey).prefetch(1);
-    let mut consumer = broker.subscribe_with("orders", "billing", per_key).expect("subscribe");
+    let per_key = ConsumerConfig::default()
+        .ordering(OrderingMode::PerKey)
+        .prefetch(1);
+    let mut consumer = broker
+        .subscribe_with("orders", "billing", per_key)
+        .expect("subscribe");
     for _ in 0..10 {
-        let delivery = consumer.recv_timeout(Duration::from_secs(5)).expect("recv").expect("msg");
+        let delivery = consumer
+            .recv_timeout(Duration::from_secs(5))
+            .expect("recv")
+            .expect("msg");
         if delivery.payload() == b"order 3" {
             delivery.dead_letter("card declined").expect("dead letter");
         } else {
             delivery.ack().expect("ack");
         }
     }
-    let in_flight = consumer.recv_timeout(Duration::from_secs(5)).expect("recv").expect("msg");
+    let in_flight = consumer
+        .recv_timeout(Duration::from_secs(5))
+        .expect("recv")
+        .expect("msg");
     std::mem::forget(in_flight);
     drop(consumer);
     broker.flush().expect("flush");
@@ -87,7 +102,10 @@ fn copy_dir(from: &Path, to: &Path) {
 
 #[test]
 fn fixture_format_version() {
-    assert_eq!(FORMAT_VERSION, 1, "a new format version needs a new fixture and test");
+    assert_eq!(
+        FORMAT_VERSION, 1,
+        "a new format version needs a new fixture and test"
+    );
 }
 
 #[test]
@@ -101,7 +119,9 @@ fn fixture_topics_and_offsets() {
     assert_eq!(orders.partition_count(), 2);
     assert_eq!(orders.max_deliveries_limit(), Some(2));
     assert_eq!(orders.retention_policy(), Retention::UntilAcked);
-    let total: u64 = (0..2).map(|p| broker.end_offset("orders", p).expect("end")).sum();
+    let total: u64 = (0..2)
+        .map(|p| broker.end_offset("orders", p).expect("end"))
+        .sum();
     assert_eq!(total, 40);
     assert_eq!(broker.end_offset("orders.dead", 0).expect("end"), 1);
 }
@@ -118,7 +138,10 @@ fn fixture_dead_letter_metadata() {
     assert_eq!(info.last_error, "card declined");
     assert_eq!(letters[0].payload, b"order 3");
     assert_eq!(letters[0].id.as_deref(), Some("order-3"));
-    assert_eq!(letters[0].headers, vec![("source".to_string(), b"fixture".to_vec())]);
+    assert_eq!(
+        letters[0].headers,
+        vec![("source".to_string(), b"fixture".to_vec())]
+    );
 }
 
 #[test]
@@ -126,15 +149,25 @@ fn fixture_group_resumes() {
     let clock = ManualClock::new(WRITTEN_AT_MS + 60_000);
     let (_dir, broker) = open_copy(&clock);
     let stats = broker.stats().expect("stats");
-    let billing = stats.topic("orders").expect("topic").group("billing").expect("group").clone();
+    let billing = stats
+        .topic("orders")
+        .expect("topic")
+        .group("billing")
+        .expect("group")
+        .clone();
     assert_eq!(billing.ordering, Some(OrderingMode::PerKey));
     assert_eq!(billing.lag, 30, "ten of forty settled");
 
     let per_key = ConsumerConfig::default().ordering(OrderingMode::PerKey);
-    let mut consumer = broker.subscribe_with("orders", "billing", per_key).expect("subscribe");
+    let mut consumer = broker
+        .subscribe_with("orders", "billing", per_key)
+        .expect("subscribe");
     let mut seen = 0;
     let mut redelivered = 0;
-    while let Some(delivery) = consumer.recv_timeout(Duration::from_millis(300)).expect("recv") {
+    while let Some(delivery) = consumer
+        .recv_timeout(Duration::from_millis(300))
+        .expect("recv")
+    {
         if delivery.attempt() > 1 {
             redelivered += 1;
         }
@@ -142,15 +175,27 @@ fn fixture_group_resumes() {
         delivery.ack().expect("ack");
     }
     assert_eq!(seen, 30, "every unsettled message is delivered");
-    assert_eq!(redelivered, 1, "the delivery in flight at shutdown comes back as attempt 2");
+    assert_eq!(
+        redelivered, 1,
+        "the delivery in flight at shutdown comes back as attempt 2"
+    );
 }
 
 #[test]
 fn fixture_dedup_entries() {
     let clock = ManualClock::new(WRITTEN_AT_MS + 60_000);
     let (_dir, broker) = open_copy(&clock);
-    let before: u64 = (0..2).map(|p| broker.end_offset("orders", p).expect("end")).sum();
-    broker.publish("orders", Message::new("again").id("order-5")).expect("publish");
-    let after: u64 = (0..2).map(|p| broker.end_offset("orders", p).expect("end")).sum();
-    assert_eq!(after, before, "an id stored in the fixture is still deduplicated");
+    let before: u64 = (0..2)
+        .map(|p| broker.end_offset("orders", p).expect("end"))
+        .sum();
+    broker
+        .publish("orders", Message::new("again").id("order-5"))
+        .expect("publish");
+    let after: u64 = (0..2)
+        .map(|p| broker.end_offset("orders", p).expect("end"))
+        .sum();
+    assert_eq!(
+        after, before,
+        "an id stored in the fixture is still deduplicated"
+    );
 }

@@ -226,7 +226,6 @@ fn delivery_semantics_random() {
 }
 
 #[test]
-#[ignore = "BrokerConfig::validate does not check retention_interval yet"]
 fn retention_interval_outside_bounds_is_rejected() {
     // `BrokerConfig::retention_interval` documents bounds of 10 ms to 1 hour.
     for interval in [
@@ -244,7 +243,6 @@ fn retention_interval_outside_bounds_is_rejected() {
 }
 
 #[test]
-#[ignore = "TopicConfig::validate does not check dedup_window yet"]
 fn dedup_window_over_seven_days_is_rejected() {
     // `TopicConfig::dedup_window` documents a bound of 7 days.
     let broker = Broker::temporary().expect("temporary broker");

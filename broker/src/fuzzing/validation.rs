@@ -366,11 +366,13 @@ impl BrokerInput {
             .unwrap_or(default)
     }
 
-    // NOTE: `retention_interval` documents bounds of 10 ms to 1 hour, but `Broker::open_with`
-    // accepts any interval. This list leaves it out, and the replay tests keep an ignored
-    // regression test for it.
     fn violations(&self) -> Vec<Violation> {
         let mut found = Vec::new();
+        let interval = self.retention_interval.pick(&Self::RETENTION_INTERVAL);
+        let interval_bounds = Duration::from_millis(10)..=Duration::from_secs(3600);
+        if interval.is_some_and(|interval| !interval_bounds.contains(&interval)) {
+            found.push(Violation::Setting("BrokerConfig::retention_interval"));
+        }
         let max_delay = self.max_delay.pick(&Self::MAX_DELAY);
         let delay_bounds = Duration::from_millis(1)..=Duration::from_secs(60);
         if !self.flushed && max_delay.is_some_and(|delay| !delay_bounds.contains(&delay)) {
@@ -484,8 +486,6 @@ impl TopicInput {
         config
     }
 
-    // NOTE: `dedup_window` documents a bound of 7 days, but `create_topic` accepts any window,
-    // so this list leaves it out. The replay tests keep an ignored regression test for it.
     fn violations(&self) -> Vec<Violation> {
         let name = self.name.name();
         let mut found = Vec::new();
@@ -499,6 +499,13 @@ impl TopicInput {
         let ack_timeout = self.ack_timeout.pick(&Self::ACK_TIMEOUT).map(whole_millis);
         if ack_timeout.is_some_and(|ms| !(1..=7 * 24 * 3600 * 1000).contains(&ms)) {
             found.push(Violation::Setting("TopicConfig::ack_timeout (ms)"));
+        }
+        let dedup_window = self
+            .dedup_window
+            .pick(&Self::DEDUP_WINDOW)
+            .map(whole_millis);
+        if dedup_window.is_some_and(|ms| ms > 7 * 24 * 3600 * 1000) {
+            found.push(Violation::Setting("TopicConfig::dedup_window (ms)"));
         }
         found.extend(self.retention_violations());
         found.extend(self.backlog_violations());
