@@ -61,9 +61,17 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// Cases per run: 128, or `PROPTEST_CASES` for longer runs outside CI.
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|cases| cases.parse().ok())
+        .unwrap_or(128)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: 128,
+        cases: cases(),
         failure_persistence: None,
         ..ProptestConfig::default()
     })]
