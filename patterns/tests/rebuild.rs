@@ -9,7 +9,7 @@ use std::thread;
 use std::time::Duration;
 
 use aqueduct::{Broker, TopicConfig};
-use aqueduct_patterns::{ProjectionError, ProjectionRunner};
+use aqueduct_patterns::ProjectionRunner;
 use cqrs_support::{applied, dump, seed, temporary_store, total, Counting, APPLIED};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -164,10 +164,10 @@ fn rebuilt_generation_survives_restart() {
 }
 
 #[test]
-fn topic_projection_cannot_rebuild() {
+fn topic_projection_rebuilds_from_retained() {
     let broker = Broker::temporary().expect("broker");
     broker
-        .create_topic("clicks", TopicConfig::default())
+        .create_topic("clicks", TopicConfig::default().partitions(3))
         .expect("topic");
     let runner = ProjectionRunner::from_topic(
         &broker,
@@ -177,11 +177,41 @@ fn topic_projection_cannot_rebuild() {
         Default::default(),
     )
     .expect("runner");
-
-    let error = runner.rebuild().expect_err("not supported");
-
+    let mut last = None;
+    for i in 0..300u32 {
+        let message = aqueduct::Message::new(i.to_be_bytes().to_vec()).key(vec![(i % 7) as u8]);
+        last = Some(broker.publish("clicks", message).expect("publish"));
+    }
+    let last = last.expect("published");
     assert!(
-        matches!(error, ProjectionError::RebuildUnsupported { .. }),
-        "{error}"
+        runner.wait_for(last, WAIT).expect("wait"),
+        "live runner caught up"
+    );
+
+    let report = runner.rebuild().expect("rebuild");
+    assert_eq!(report.generation, 1);
+    assert_eq!(report.events, 300, "every retained message replayed");
+
+    let after = broker
+        .publish("clicks", aqueduct::Message::new("late"))
+        .expect("publish");
+    assert!(
+        runner.wait_for(after, WAIT).expect("wait"),
+        "live runner continues after swap"
+    );
+    let view = runner.read_model().view();
+    assert_eq!(view.generation(), 1);
+    let times: Vec<u64> = applied(view.table(APPLIED).expect("table"))
+        .iter()
+        .map(|&(_, _, times)| times)
+        .collect();
+    assert_eq!(
+        times.len(),
+        301,
+        "each message applied to the new generation"
+    );
+    assert!(
+        times.iter().all(|&times| times == 1),
+        "no message applied twice: {times:?}"
     );
 }

@@ -111,18 +111,6 @@ pub enum ProjectionError {
         cause: String,
     },
 
-    /// Rebuilding needs a source that can be read again from the start.
-    #[error(
-        "projection {projection:?} reads topic {topic:?}, which cannot be replayed into a fresh \
-         read model; rebuild projections fed by an event store"
-    )]
-    RebuildUnsupported {
-        /// The projection.
-        projection: String,
-        /// The topic.
-        topic: String,
-    },
-
     /// A stored checkpoint could not be decoded.
     #[error(
         "corrupt record in tree {tree:?} at key {key}: {reason}; rebuild the projection or \

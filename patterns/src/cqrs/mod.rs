@@ -13,9 +13,10 @@
 //! - **Read-your-writes.** Commands return a position (an event store's global position or a
 //!   publish [`Receipt`](aqueduct::Receipt)). [`ProjectionRunner::wait_for`] returns once the
 //!   read model includes it.
-//! - **Rebuild without downtime.** [`ProjectionRunner::rebuild`] replays the event store into
-//!   a fresh generation of tables while queries keep reading the current one, then swaps the
-//!   new generation in at the exact checkpoint of the live one. A query that keeps a
+//! - **Rebuild without downtime.** [`ProjectionRunner::rebuild`] replays the event store, or
+//!   the retained messages of the source topic, into a fresh generation of tables while
+//!   queries keep reading the current one, then swaps the new generation in once it has
+//!   caught up with the live one. A query that keeps a
 //!   [`ModelView`] reads the generation it started on.
 //! - **Failures stop the runner.** A batch that keeps failing is retried with backoff, then
 //!   the runner stops and reports the error through [`ProjectionRunner::wait_for`],

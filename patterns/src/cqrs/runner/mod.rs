@@ -314,9 +314,10 @@ impl ProjectionRunner {
     ///
     /// # Errors
     ///
-    /// [`ProjectionError::RebuildUnsupported`] for a runner fed by a topic,
     /// [`ProjectionError::ApplyFailed`] when the projection keeps failing on an event, and
-    /// storage errors. The active generation stays as it was.
+    /// storage and broker errors. The active generation stays as it was. A topic-fed runner
+    /// rebuilds from the topic's retained messages, so it cannot bring back messages that
+    /// retention removed.
     pub fn rebuild(&self) -> Result<RebuildReport, ProjectionError> {
         self.shared.rebuild()
     }
