@@ -33,7 +33,7 @@ pub enum Durability {
     /// most `max_delay` later. A crash of the process or the machine can lose publishes and
     /// acks of the last `max_delay` and nothing older. A lost ack means a redelivery.
     Buffered {
-        /// Longest time between a publish returning and its data being fsynced.
+        /// Maximum time between a publish returning and its data being fsynced.
         max_delay: Duration,
     },
 }
@@ -221,7 +221,7 @@ impl Retention {
     }
 }
 
-/// What a publish does when the topic's backlog is full.
+/// The action a publish takes when the topic's backlog is full.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WhenFull {
     /// Wait up to `timeout` for consumers to make room, then fail with
@@ -243,7 +243,7 @@ pub struct BacklogLimit {
     /// Most backlog bytes, counted in whole stored blocks plus the open blocks; `None` for no
     /// limit.
     pub max_bytes: Option<u64>,
-    /// What a publish does when a limit would be exceeded.
+    /// The action a publish takes when a limit would be exceeded.
     pub when_full: WhenFull,
 }
 
@@ -335,37 +335,37 @@ impl TopicConfig {
         self
     }
 
-    /// The retention policy.
+    /// Returns the retention policy.
     pub fn retention_policy(&self) -> Retention {
         self.retention
     }
 
-    /// The backlog limit, if any.
+    /// Returns the backlog limit, if any.
     pub fn backlog(&self) -> Option<BacklogLimit> {
         self.backlog
     }
 
-    /// The dedup window; zero when deduplication is off.
+    /// Returns the dedup window; zero when deduplication is off.
     pub fn dedup_window_duration(&self) -> Duration {
         Duration::from_millis(self.dedup_window_ms)
     }
 
-    /// The number of partitions.
+    /// Returns the number of partitions.
     pub fn partition_count(&self) -> u32 {
         self.partitions
     }
 
-    /// The ack timeout.
+    /// Returns the ack timeout.
     pub fn ack_timeout_duration(&self) -> Duration {
         Duration::from_millis(self.ack_timeout_ms)
     }
 
-    /// The delivery limit, if any.
+    /// Returns the delivery limit, if any.
     pub fn max_deliveries_limit(&self) -> Option<u32> {
         self.max_deliveries
     }
 
-    /// The dead-letter topic, if any.
+    /// Returns the dead-letter topic, if any.
     pub fn dead_letter_topic_name(&self) -> Option<&str> {
         self.dead_letter_topic.as_deref()
     }
@@ -448,7 +448,7 @@ impl TopicConfig {
     }
 }
 
-/// How a group hands out messages to its members.
+/// The order in which a group hands out messages to its members.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OrderingMode {
     /// Any member takes any message; maximum parallelism, no order between messages.

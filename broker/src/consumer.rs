@@ -21,7 +21,7 @@ use crate::group::{Group, Leased, Outcome};
 use crate::message::DeadLetterInfo;
 use crate::record::StoredMessage;
 
-/// Longest single sleep of a waiting consumer, so that a lost wake-up costs at most this.
+/// Maximum single sleep of a waiting consumer, so that a lost wake-up costs at most this.
 const MAX_WAIT: Duration = Duration::from_millis(500);
 
 /// Size of a new consumer's first fetch.

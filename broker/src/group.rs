@@ -32,7 +32,7 @@ use crate::message::DeadLetterInfo;
 use crate::record::{CursorRecord, DelaysRecord, ParkedRecord, StoredMessage};
 use crate::storage::{BlockWrite, CursorWrite, Storage};
 
-/// Fewest messages a fetch loads into a partition's window at a time.
+/// Minimum number of messages a fetch loads into a partition's window at a time.
 const MIN_LOAD: usize = 64;
 
 /// A delivery leased by a fetch, not yet wrapped for the application.
@@ -55,7 +55,7 @@ pub(crate) struct Fetched {
     pub suspect: bool,
 }
 
-/// How a delivery is settled or returned.
+/// The way a delivery is settled or returned.
 pub(crate) enum Outcome {
     Ack,
     Nack { delay_ms: u64 },

@@ -35,7 +35,7 @@ use crate::storage::{BlockWrite, Storage};
 /// default block size.
 const RECENT_BLOCKS: usize = 16;
 
-/// Most messages in one block, whatever their size.
+/// Maximum number of messages in one block, whatever their size.
 const MAX_BLOCK_MESSAGES: usize = 4096;
 
 /// Bytes a message adds to a block besides its payload, key, headers and id (an estimate of
@@ -86,7 +86,7 @@ impl GroupFloor {
     }
 }
 
-/// What the index records about one stored block.
+/// Index data of one stored block.
 #[derive(Clone, Copy, Debug)]
 struct BlockMeta {
     base: u64,
@@ -260,7 +260,7 @@ impl TopicLog {
     }
 
     /// Waits for room for `count` messages of `bytes` bytes under the topic's backlog limit,
-    /// or fails with `BacklogFull` as the limit's `when_full` says.
+    /// or fails with `BacklogFull` as the limit's `when_full` setting specifies.
     pub fn reserve(&self, count: u64, bytes: u64) -> Result<()> {
         let Some(limit) = self.config.backlog else {
             return Ok(());

@@ -68,7 +68,7 @@ pub(crate) struct DelaysRecord {
     pub entries: Vec<(u64, u64)>,
 }
 
-/// What the index stores about one block.
+/// Index data of one block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct IndexRecord {
     /// Number of messages in the block.
@@ -79,7 +79,7 @@ pub(crate) struct IndexRecord {
     pub last_timestamp_ms: u64,
 }
 
-/// Where the first message with a given id was stored, for deduplication.
+/// Location of the first message with a given id, for deduplication.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct DedupRecord {
     pub partition: u32,
