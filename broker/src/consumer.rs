@@ -378,15 +378,22 @@ impl Delivery {
     /// # Errors
     ///
     /// [`Error::Decode`] naming the topic, partition, offset and type when the bytes do not
-    /// decode as `T`.
+    /// decode as `T`, including when bytes are left over after a `T`.
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T> {
-        postcard::from_bytes(&self.message.payload).map_err(|source| Error::Decode {
+        let decode_error = |source| Error::Decode {
             topic: self.group.topic.name.clone(),
             partition: self.partition,
             offset: self.offset,
             type_name: std::any::type_name::<T>(),
             source,
-        })
+        };
+        let (value, rest) =
+            postcard::take_from_bytes(&self.message.payload).map_err(decode_error)?;
+        // Bytes left over mean the payload is some other, longer value.
+        if !rest.is_empty() {
+            return Err(decode_error(postcard::Error::DeserializeBadEncoding));
+        }
+        Ok(value)
     }
 
     /// The partition key, if any.

@@ -203,8 +203,8 @@ pub enum Error {
         supported: u32,
     },
 
-    /// A stored record could not be decoded.
-    #[error("corrupt record in {tree} at key {key}: {reason}; restore the database from a backup")]
+    /// A stored record could not be decoded, or sled reported damaged data.
+    #[error("{}", corrupt_message(tree, key, reason))]
     Corrupt {
         /// The sled tree.
         tree: &'static str,
@@ -235,9 +235,9 @@ pub enum Error {
     #[error("broker is closed")]
     Closed,
 
-    /// The storage engine reported an error.
+    /// The storage engine reported an error other than damaged data.
     #[error("storage error: {0}")]
-    Storage(#[from] sled::Error),
+    Storage(#[source] sled::Error),
 
     /// A file system operation failed.
     #[error("i/o error on {path}: {source}")]
@@ -248,4 +248,28 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl From<sled::Error> for Error {
+    /// Converts a sled error, reporting damaged data as [`Error::Corrupt`] wherever sled finds
+    /// it, not only while opening.
+    fn from(error: sled::Error) -> Self {
+        match error {
+            sled::Error::Corruption { at, .. } => Error::Corrupt {
+                tree: "sled",
+                key: String::new(),
+                reason: format!("sled read damaged data at {at:?}"),
+            },
+            other => Error::Storage(other),
+        }
+    }
+}
+
+fn corrupt_message(tree: &str, key: &str, reason: &str) -> String {
+    let place = if key.is_empty() {
+        format!("corrupt data in {tree}")
+    } else {
+        format!("corrupt record in {tree} at key {key}")
+    };
+    format!("{place}: {reason}; restore the database from a backup")
 }

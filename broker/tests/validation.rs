@@ -427,3 +427,22 @@ fn dead_letter_without_topic_is_error() {
         "got {error:?}"
     );
 }
+
+#[test]
+fn decode_rejects_trailing_bytes() {
+    let broker = broker();
+    broker
+        .create_topic("t", TopicConfig::default())
+        .expect("create");
+    let mut payload = postcard::to_stdvec(&7u64).expect("encode");
+    payload.extend_from_slice(&[0, 0, 0]);
+    broker.publish("t", Message::new(payload)).expect("publish");
+    let mut consumer = broker.subscribe("t", "g").expect("subscribe");
+    let delivery = consumer
+        .recv_timeout(Duration::from_secs(5))
+        .expect("recv")
+        .expect("delivery");
+    let error = delivery.decode::<u64>().expect_err("three bytes left over");
+    assert!(matches!(error, Error::Decode { .. }), "got {error:?}");
+    delivery.ack().expect("ack");
+}
