@@ -75,8 +75,9 @@ impl Broker {
     ///
     /// # Errors
     ///
-    /// [`Error::Locked`] when another handle holds the database, [`Error::IncompatibleFormat`]
-    /// or [`Error::Corrupt`] for unreadable stores, [`Error::Io`] for file system failures.
+    /// [`Error::Locked`] when another handle has the database open,
+    /// [`Error::IncompatibleFormat`] or [`Error::Corrupt`] for unreadable stores, [`Error::Io`]
+    /// for file system failures.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         Self::open_with(path, BrokerConfig::default())
     }
@@ -537,7 +538,7 @@ impl Broker {
             .map(|group| group.positions())
     }
 
-    /// The database directory, or `None` for a temporary broker.
+    /// Returns the database directory, or `None` for a temporary broker.
     pub fn path(&self) -> Option<&Path> {
         self.inner.shared.storage.path()
     }
@@ -635,8 +636,9 @@ impl Shared {
     /// Runs one flush round: writes changed cursors and open blocks, then fsyncs.
     ///
     /// Cursors are written before blocks. A publish that happened before an ack is then in an
-    /// open block when the ack's cursor is written, so the block write that follows stores it:
-    /// a crash can lose an ack whose publish survived (a redelivery), never the reverse.
+    /// open block when the ack's cursor is written, so the block write that follows stores it.
+    /// A crash can therefore lose an ack whose publish survived (a redelivery), never the
+    /// reverse.
     fn round(&self) -> Result<bool> {
         let groups: Vec<Arc<Group>> = self.groups.lock().values().cloned().collect();
         for group in &groups {
@@ -662,8 +664,9 @@ impl Shared {
         self.storage.flush_durable()
     }
 
-    /// Runs retention on every topic and settles the removed offsets in every group: loaded
-    /// groups drop them from their windows; each group counts the ones it had not acknowledged.
+    /// Runs retention on every topic and settles the removed offsets in every group. Loaded
+    /// groups drop them from their windows, and each group counts the ones it had not
+    /// acknowledged.
     fn enforce_retention(&self) -> Result<()> {
         let topics: Vec<Arc<TopicLog>> = self.topics.read().values().cloned().collect();
         let now = self.config.clock.now_ms();

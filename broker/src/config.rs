@@ -100,9 +100,9 @@ impl BrokerConfig {
     }
 
     /// Sets the size in bytes at which a partition's open block is written to storage. Larger
-    /// blocks mean fewer sled writes per message, up to a point: sled 0.34 keeps up to 16
+    /// blocks mean fewer sled writes per message, up to a point. sled 0.34 keeps up to 16
     /// values in one tree node and writes a node larger than about 128 KiB to a blob file of
-    /// its own, each one created and fsynced. Default 8 KiB; bounds 1 KiB to 96 KiB.
+    /// its own, and each such file is created and fsynced. Default 8 KiB; bounds 1 KiB to 96 KiB.
     #[must_use]
     pub fn block_bytes(mut self, bytes: usize) -> Self {
         self.block_bytes = bytes;
@@ -193,7 +193,7 @@ pub enum Retention {
     /// queue). A topic without groups keeps everything.
     UntilAcked,
     /// Remove blocks whose newest message is older than `max_age`, and the oldest blocks while a
-    /// partition holds more than `max_bytes`. A message removed before a group acknowledged it is
+    /// partition stores more than `max_bytes`. A message removed before a group acknowledged it is
     /// counted in that group's `unconsumed_removals` and logged.
     Limits {
         /// Age limit, measured from publish time; `None` for no limit.

@@ -5,7 +5,7 @@
 //! time. Every [`Delivery`] must be settled with [`ack`](Delivery::ack),
 //! [`nack`](Delivery::nack), [`nack_after`](Delivery::nack_after) or
 //! [`dead_letter`](Delivery::dead_letter). A delivery that is dropped unsettled, including
-//! during a panic, is returned for immediate redelivery; one that is held past the topic's ack
+//! during a panic, is returned for immediate redelivery. A delivery kept past the topic's ack
 //! timeout is redelivered to any member.
 
 use std::collections::VecDeque;
@@ -57,8 +57,8 @@ pub struct Consumer {
     generation: u64,
     /// The next batch, fetched while the buffer drains, whose flush round may still run.
     ahead: Option<Batch>,
-    /// Set while the buffer holds a delivery that was in flight when the process last stopped;
-    /// nothing is fetched ahead until the application asks for the next delivery.
+    /// Set while the buffer contains a delivery that was in flight when the process last
+    /// stopped. Nothing is fetched ahead until the application requests the next delivery.
     holding_suspect: bool,
     /// Size of the next fetch. It starts small and doubles, up to `prefetch`, each time the
     /// buffer ran dry before the next batch's flush round finished, so a fast consumer
@@ -95,12 +95,12 @@ impl Consumer {
         }
     }
 
-    /// The topic this consumer reads.
+    /// Returns the topic this consumer reads.
     pub fn topic(&self) -> &str {
         &self.group.topic.name
     }
 
-    /// The group this consumer belongs to.
+    /// Returns the group this consumer belongs to.
     pub fn group(&self) -> &str {
         &self.group.name
     }
@@ -251,9 +251,9 @@ impl Consumer {
         Ok(fetched.next_due_ms)
     }
 
-    /// Pops the next delivery, moving the batch fetched ahead into the buffer once its flush
-    /// round is done, and fetching the batch after it while the buffer contains fewer than
-    /// `prefetch` deliveries, so that its flush round runs while this batch is handed out. With
+    /// Pops the next delivery. The batch fetched ahead moves into the buffer once its flush
+    /// round is done. While the buffer contains fewer than `prefetch` deliveries, the batch
+    /// after it is fetched, so that its flush round runs while this batch is handed out. With
     /// a prefetch of 1 nothing is fetched ahead. Leases older than half the ack timeout, or from
     /// before a rebalance, are returned to the group instead, because they may already be gone.
     fn next_buffered(&mut self) -> Result<Option<Delivery>> {
@@ -340,7 +340,8 @@ impl std::fmt::Debug for Consumer {
     }
 }
 
-/// A message leased to one consumer, to be settled exactly once.
+/// A message leased to one consumer. The settle methods take `self`, so a delivery is settled
+/// at most once.
 pub struct Delivery {
     group: Arc<Group>,
     message: Arc<StoredMessage>,
@@ -368,7 +369,7 @@ impl Delivery {
         }
     }
 
-    /// The payload bytes.
+    /// Returns the payload bytes.
     pub fn payload(&self) -> &[u8] {
         &self.message.payload
     }
@@ -396,12 +397,12 @@ impl Delivery {
         Ok(value)
     }
 
-    /// The partition key, if any.
+    /// Returns the partition key, if any.
     pub fn key(&self) -> Option<&[u8]> {
         self.message.key.as_deref().map(|key| &key[..])
     }
 
-    /// The headers in publish order.
+    /// Returns the headers in publish order.
     pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> {
         self.message
             .headers
@@ -409,29 +410,29 @@ impl Delivery {
             .map(|(name, value)| (name.as_str(), &value[..]))
     }
 
-    /// The value of the first header called `name`.
+    /// Returns the value of the first header called `name`.
     pub fn header(&self, name: &str) -> Option<&[u8]> {
         self.headers()
             .find(|(header, _)| *header == name)
             .map(|(_, value)| value)
     }
 
-    /// The message id, if any.
+    /// Returns the message id, if any.
     pub fn id(&self) -> Option<&str> {
         self.message.id.as_deref()
     }
 
-    /// The topic the delivery came from.
+    /// Returns the topic the delivery came from.
     pub fn topic(&self) -> &str {
         &self.group.topic.name
     }
 
-    /// The partition.
+    /// Returns the partition.
     pub fn partition(&self) -> u32 {
         self.partition
     }
 
-    /// The offset within the partition.
+    /// Returns the offset within the partition.
     pub fn offset(&self) -> u64 {
         self.offset
     }

@@ -1,7 +1,7 @@
 //! Error types.
 //!
 //! One umbrella [`Error`] covers every fallible broker operation. Variants name the topic, group,
-//! partition or offset involved and say what to do. Expected outcomes are not errors: an empty
+//! partition or offset involved and state what to do. Expected outcomes are not errors: an empty
 //! queue is `None` from [`Consumer::try_recv`](crate::Consumer::try_recv).
 
 use std::path::PathBuf;
@@ -16,11 +16,11 @@ pub enum Error {
     /// A topic or group name is empty, too long or contains a character outside `[A-Za-z0-9._-]`.
     #[error("invalid {kind} name {name:?}: {reason}; use 1 to 249 characters from [A-Za-z0-9._-]")]
     InvalidName {
-        /// What the name is for: `"topic"` or `"group"`.
+        /// The kind of name: `"topic"` or `"group"`.
         kind: &'static str,
         /// The rejected name.
         name: String,
-        /// Why it was rejected.
+        /// The reason for the rejection.
         reason: &'static str,
     },
 
@@ -141,7 +141,7 @@ pub enum Error {
     InvalidHeader {
         /// The header name.
         name: String,
-        /// Why it was rejected.
+        /// The reason for the rejection.
         reason: &'static str,
     },
 
@@ -164,7 +164,10 @@ pub enum Error {
     },
 
     /// A typed payload could not be encoded or decoded with postcard.
-    #[error("payload of topic {topic:?} at partition {partition} offset {offset} could not be decoded as {type_name}: {source}")]
+    #[error(
+        "payload of topic {topic:?} at partition {partition} offset {offset} could not be \
+         decoded as {type_name}: {source}; check that the publisher encoded this type"
+    )]
     Decode {
         /// The topic name.
         topic: String,
@@ -210,11 +213,11 @@ pub enum Error {
         tree: &'static str,
         /// The key, in hex.
         key: String,
-        /// What was wrong.
+        /// A description of the damage.
         reason: String,
     },
 
-    /// Another handle, in this or another process, holds the database open.
+    /// Another handle, in this or another process, has the database open.
     #[error("database at {path} is locked by another process or handle; close that broker first")]
     Locked {
         /// The database directory.

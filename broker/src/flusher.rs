@@ -1,11 +1,11 @@
 //! Group commit: one background thread makes data durable for everyone.
 //!
 //! A caller that needs durability takes a ticket with [`Flusher::request`] and waits until the
-//! flusher has completed a round that started after the ticket was taken. Each round writes the
-//! changed cursors and then the open blocks to sled, flushes sled and fsyncs the database file, then
-//! releases every waiter whose ticket it covers. Callers that arrive during a round share the
-//! next one, so many publishers pay for one fsync. Without requests the thread still runs a
-//! round every `interval`, which bounds the loss window of `Durability::Buffered`.
+//! flusher has completed a round that started after the ticket was taken. Each round writes
+//! the changed cursors and then the open blocks to sled, flushes sled and fsyncs the database
+//! file. Then it releases every waiter whose ticket it covers. Callers that arrive during a
+//! round share the next one, so many publishers pay for one fsync. Without requests the thread
+//! still runs a round every `interval`, which bounds the loss window of `Durability::Buffered`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -365,10 +365,10 @@ impl Group {
             );
         }
         // Load only as many messages as this fetch needs, doubling while the ordering mode
-        // holds loaded ones back, so the window (and memory) follows the in-flight count and
+        // keeps loaded ones waiting, so the window (and memory) follows the in-flight count and
         // reaches max_unacked only when consumers fall behind on acks.
-        let wanted = max.saturating_sub(fetched.leased.len());
-        let mut additional = wanted.max(MIN_LOAD);
+        let requested = max.saturating_sub(fetched.leased.len());
+        let mut additional = requested.max(MIN_LOAD);
         let candidates = loop {
             let cursor = &mut state.partitions[partition];
             let before = cursor.loaded;
@@ -385,10 +385,10 @@ impl Group {
                 &state.partitions[partition],
                 &state.parked,
                 now,
-                wanted,
+                requested,
                 &mut probe,
             );
-            if candidates.len() >= wanted || exhausted {
+            if candidates.len() >= requested || exhausted {
                 if let Some(due) = probe.next_due_ms {
                     let next = fetched.next_due_ms.map_or(due, |known| known.min(due));
                     fetched.next_due_ms = Some(next);
@@ -466,12 +466,12 @@ impl Group {
         cursor: &PartitionCursor,
         parked: &HashMap<u64, ParkedRecord>,
         now: u64,
-        wanted: usize,
+        requested: usize,
         fetched: &mut Fetched,
     ) -> Vec<u64> {
         let mut candidates = Vec::new();
         for &offset in &cursor.ready {
-            if candidates.len() >= wanted {
+            if candidates.len() >= requested {
                 break;
             }
             let slot = &cursor.window[&offset];
@@ -849,7 +849,7 @@ impl PartitionCursor {
         }
     }
 
-    /// Loads messages into the window until it holds `target` offsets or the partition ends.
+    /// Loads messages into the window until it contains `target` offsets or the partition ends.
     fn fill(&mut self, topic: &TopicLog, partition: u32, target: usize) -> Result<()> {
         while self.window.len() < target {
             let run = match &self.run {

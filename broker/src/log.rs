@@ -2,7 +2,7 @@
 //!
 //! Each partition assigns dense offsets under its own lock and collects new messages in an open
 //! block. The open block is written to storage as one sled value when it reaches the configured
-//! size or when the flusher runs; readers see messages in the open block at once. The last few
+//! size or when the flusher runs. Readers see messages in the open block at once. The last few
 //! written blocks stay decoded in memory so that consumers near the head do not touch sled.
 //!
 //! Each partition also keeps the index of its stored blocks (base offset, message count, size
@@ -334,7 +334,9 @@ impl TopicLog {
                 let low = log.low_watermark();
                 log.recent
                     .retain(|(base, run)| base + run.len() as u64 > low);
-                tracing::debug!(topic = %self.name, partition, blocks = removed, low, "retention removed blocks");
+                let topic = &self.name;
+                let blocks = removed;
+                tracing::debug!(%topic, partition, blocks, low, "retention removed blocks");
                 changed.push((partition, low));
             }
         }

@@ -83,27 +83,27 @@ impl Message {
         self
     }
 
-    /// The payload bytes.
+    /// Returns the payload bytes.
     pub fn payload(&self) -> &[u8] {
         &self.payload
     }
 
-    /// The partition key, if any.
+    /// Returns the partition key, if any.
     pub fn key_bytes(&self) -> Option<&[u8]> {
         self.key.as_deref()
     }
 
-    /// The headers in insertion order.
+    /// Returns the headers in insertion order.
     pub fn headers(&self) -> &[(String, Vec<u8>)] {
         &self.headers
     }
 
-    /// The message id, if any.
+    /// Returns the message id, if any.
     pub fn message_id(&self) -> Option<&str> {
         self.id.as_deref()
     }
 
-    /// The earliest delivery time, if the message is delayed.
+    /// Returns the earliest delivery time, if the message is delayed.
     pub fn delivery_time(&self) -> Option<SystemTime> {
         self.deliver_at_ms
             .map(|ms| UNIX_EPOCH + Duration::from_millis(ms))
@@ -137,7 +137,7 @@ impl Message {
     }
 }
 
-/// Where a published message was stored.
+/// The location of a published message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Receipt {
     /// The partition the message went to.
@@ -146,7 +146,7 @@ pub struct Receipt {
     pub offset: u64,
 }
 
-/// Where a dead-lettered message came from and why it was dead-lettered.
+/// The origin of a dead-lettered message and the reason it was moved.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeadLetterInfo {
     /// The topic the message was published to.

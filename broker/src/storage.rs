@@ -366,10 +366,10 @@ impl Storage {
         Ok(entries)
     }
 
-    /// Makes a partition's index match its blocks after a crash: blocks after the last indexed
-    /// one get entries (`describe` reads count and newest timestamp from a block's bytes), and
-    /// blocks before the first indexed one, left by an interrupted removal, are removed.
-    /// Returns the repaired index.
+    /// Makes a partition's index match its blocks after a crash, and returns the repaired index.
+    /// Blocks after the last indexed one get entries, which `describe` reads from a block's
+    /// bytes. Blocks before the first indexed one were left by an interrupted removal and are
+    /// removed.
     pub fn reconcile_index(
         &self,
         topic_id: u32,
@@ -433,7 +433,7 @@ impl Storage {
                 String::from_utf8(key[prefix.len()..].to_vec()).map_err(|_| Error::Corrupt {
                     tree: LOG_TREE,
                     key: record::hex(&key),
-                    reason: "dedup key holds an id that is not UTF-8".into(),
+                    reason: "dedup key contains an id that is not UTF-8".into(),
                 })?;
             entries.push((id, record));
         }
@@ -572,8 +572,8 @@ impl Storage {
     /// sled 0.34's `flush` writes with `pwrite` and then calls `sync_file_range`, which starts
     /// and waits for writeback of the data pages but neither flushes the drive's write cache nor
     /// persists file metadata. The `fdatasync` that follows does both. sled also writes any page
-    /// larger than a quarter of its 512 KiB segment (a tree node holding several large blocks,
-    /// for example) to its own file under `blobs/` without syncing it, so new blob files and
+    /// larger than a quarter of its 512 KiB segment to its own file under `blobs/` without
+    /// syncing it; a tree node with several large blocks is such a page. So new blob files and
     /// the directory are fsynced as well. Returns `false` when nothing was written since the
     /// last call.
     pub fn flush_durable(&self) -> Result<bool> {
@@ -874,7 +874,7 @@ fn parked_key(topic_id: u32, group: &str, key: &[u8]) -> Vec<u8> {
     .concat()
 }
 
-/// The cursor key followed by a zero byte, which no group name contains, and `delays`.
+/// Returns the cursor key followed by a zero byte, which no group name contains, and `delays`.
 fn delays_key(topic_id: u32, partition: u32, group: &str) -> Vec<u8> {
     let mut key = cursor_key(topic_id, partition, group);
     key.push(0);

@@ -45,12 +45,12 @@ impl Backoff {
         }
     }
 
-    /// The first delay.
+    /// Returns the first delay.
     pub fn initial(&self) -> Duration {
         self.initial
     }
 
-    /// The largest delay.
+    /// Returns the largest delay.
     pub fn max(&self) -> Duration {
         self.max
     }

@@ -11,7 +11,7 @@
 //! can tell for each earlier reservation whether it will be kept. It queries the order-lookup
 //! read model: a reservation of a completed order is kept, one of a failed order will be released,
 //! and one of an order still running is pending. A product fits when the request fits even if
-//! every pending reservation is kept; it is out of stock when the request does not fit even if
+//! every pending reservation is kept. It is out of stock when the request does not fit even if
 //! every pending reservation is released. In between, the service waits for the earlier orders
 //! to finish. The result equals that of running the orders one after another in file order.
 //!
