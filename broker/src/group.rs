@@ -744,7 +744,7 @@ impl Group {
                 topic_id: dead_letter.id,
                 partition: target_partition,
                 base,
-                bytes,
+                bytes: bytes.into(),
             };
             let cursor_write = CursorWrite {
                 topic_id: self.topic.id,

@@ -51,6 +51,9 @@ pub(crate) struct TopicLog {
     pub config: TopicConfig,
     pub signal: Arc<Signal>,
     partitions: Vec<Mutex<PartitionLog>>,
+    /// One per partition: held while writing sealed blocks, so they reach sled one at a time in
+    /// offset order. Taken before the partition's lock, never while holding it.
+    writers: Vec<Mutex<()>>,
     next_keyless: AtomicU32,
     storage: Arc<Storage>,
     block_bytes: usize,
@@ -110,9 +113,21 @@ struct PartitionLog {
     open: Vec<Arc<StoredMessage>>,
     open_bytes: usize,
     recent: VecDeque<Run>,
-    /// Stored blocks in offset order.
+    /// Sealed blocks not yet written to sled, oldest first. They are in `blocks` already.
+    unwritten: VecDeque<Sealed>,
+    /// Stored and sealed blocks in offset order.
     blocks: VecDeque<BlockMeta>,
     stored_bytes: u64,
+}
+
+/// A sealed block waiting for its sled write, which happens outside the partition lock so that
+/// readers and publishers of the partition do not wait for sled.
+struct Sealed {
+    base: u64,
+    bytes: sled::IVec,
+    index: IndexRecord,
+    dedup: Vec<(String, DedupRecord)>,
+    messages: Arc<[Arc<StoredMessage>]>,
 }
 
 impl PartitionLog {
@@ -187,6 +202,7 @@ impl TopicLog {
             id,
             config,
             signal: Arc::new(Signal::default()),
+            writers: partitions.iter().map(|_| Mutex::new(())).collect(),
             partitions,
             next_keyless: AtomicU32::new(0),
             storage,
@@ -322,7 +338,11 @@ impl TopicLog {
                 let Some(&front) = log.blocks.front() else {
                     break;
                 };
-                if !self.retention_removes(&front, &log, committed, now_ms) {
+                let unwritten = log
+                    .unwritten
+                    .front()
+                    .is_some_and(|sealed| sealed.base <= front.base);
+                if unwritten || !self.retention_removes(&front, &log, committed, now_ms) {
                     break;
                 }
                 self.storage.remove_block(self.id, partition, front.base)?;
@@ -352,8 +372,10 @@ impl TopicLog {
     pub fn purge(&self) -> Result<Vec<(u32, u64, u64)>> {
         let mut purged = Vec::new();
         for partition in 0..self.partition_count() {
+            let _writer = self.writers[partition as usize].lock();
             let mut log = self.partitions[partition as usize].lock();
             self.seal(partition, &mut log)?;
+            self.write_sealed_locked(partition, &mut log)?;
             let high = log.next_offset;
             let removed = high - log.low_watermark();
             if removed == 0 {
@@ -370,7 +392,7 @@ impl TopicLog {
                 topic_id: self.id,
                 partition,
                 base: high,
-                bytes,
+                bytes: bytes.into(),
             };
             self.storage.put_block(block, &index, &[])?;
             while let Some(front) = log.blocks.front().copied() {
@@ -556,6 +578,7 @@ impl TopicLog {
     ) -> Result<Vec<Receipt>> {
         let mut log = self.partitions[partition as usize].lock();
         let mut receipts = Vec::new();
+        let mut sealed = false;
         for message in messages {
             let offset = log.next_offset;
             log.open_bytes += stored_size(&message);
@@ -564,7 +587,12 @@ impl TopicLog {
             receipts.push(Receipt { partition, offset });
             if log.open_bytes >= self.block_bytes || log.open.len() >= MAX_BLOCK_MESSAGES {
                 self.seal(partition, &mut log)?;
+                sealed = true;
             }
+        }
+        drop(log);
+        if sealed {
+            self.write_sealed(partition)?;
         }
         Ok(receipts)
     }
@@ -578,8 +606,11 @@ impl TopicLog {
         message: StoredMessage,
         write: impl FnOnce(u64, Vec<u8>, &IndexRecord) -> Result<()>,
     ) -> Result<Receipt> {
+        // Earlier blocks reach sled first, so a crash cannot keep this block and lose them.
+        let _writer = self.writers[partition as usize].lock();
         let mut log = self.partitions[partition as usize].lock();
         self.seal(partition, &mut log)?;
+        self.write_sealed_locked(partition, &mut log)?;
         let offset = log.next_offset;
         let message = Arc::new(message);
         let bytes = encode_block(std::slice::from_ref(&message))?;
@@ -597,14 +628,17 @@ impl TopicLog {
     }
 
     /// Writes every partition's open block to storage.
+    /// Writes every partition's open block and the sealed blocks before it to storage.
     pub fn seal_all(&self) -> Result<()> {
         for (partition, log) in self.partitions.iter().enumerate() {
-            let mut log = log.lock();
-            self.seal(partition as u32, &mut log)?;
+            self.seal(partition as u32, &mut log.lock())?;
+            self.write_sealed(partition as u32)?;
         }
         Ok(())
     }
 
+    /// Closes the open block: encodes it, adds it to the block index and queues it for its
+    /// sled write. Readers find its messages in memory until that write is done.
     fn seal(&self, partition: u32, log: &mut PartitionLog) -> Result<()> {
         if log.open.is_empty() {
             return Ok(());
@@ -617,20 +651,69 @@ impl TopicLog {
             bytes: bytes.len() as u64,
             last_timestamp_ms: last_timestamp_ms.unwrap_or(0),
         };
-        let block = BlockWrite {
-            topic_id: self.id,
-            partition,
-            base: log.open_base,
-            bytes,
-        };
-        self.storage.put_block(block, &index, &dedup)?;
-        let block_meta = meta(log.open_base, &index);
-        log.push_block(block_meta);
+        log.push_block(meta(log.open_base, &index));
         let messages: Arc<[Arc<StoredMessage>]> = Arc::from(std::mem::take(&mut log.open));
-        push_recent(&mut log.recent, (log.open_base, messages));
+        push_recent(&mut log.recent, (log.open_base, Arc::clone(&messages)));
+        log.unwritten.push_back(Sealed {
+            base: log.open_base,
+            bytes: bytes.into(),
+            index,
+            dedup,
+            messages,
+        });
         log.open_base = log.next_offset;
         log.open_bytes = 0;
         Ok(())
+    }
+
+    /// Writes the partition's sealed blocks to sled in offset order, without holding the
+    /// partition's lock during a write. Returns once every block sealed before the call is
+    /// written, by this caller or by another one that held the writer lock.
+    fn write_sealed(&self, partition: u32) -> Result<()> {
+        let _writer = self.writers[partition as usize].lock();
+        loop {
+            let (block, index, dedup) = {
+                let log = self.partitions[partition as usize].lock();
+                let Some(sealed) = log.unwritten.front() else {
+                    return Ok(());
+                };
+                (
+                    self.block_write(partition, sealed),
+                    sealed.index,
+                    sealed.dedup.clone(),
+                )
+            };
+            let base = block.base;
+            self.storage.put_block(block, &index, &dedup)?;
+            let mut log = self.partitions[partition as usize].lock();
+            if log
+                .unwritten
+                .front()
+                .is_some_and(|sealed| sealed.base == base)
+            {
+                log.unwritten.pop_front();
+            }
+        }
+    }
+
+    /// Writes the partition's sealed blocks while holding its writer lock and its lock.
+    fn write_sealed_locked(&self, partition: u32, log: &mut PartitionLog) -> Result<()> {
+        while let Some(sealed) = log.unwritten.front() {
+            let block = self.block_write(partition, sealed);
+            self.storage
+                .put_block(block, &sealed.index, &sealed.dedup)?;
+            log.unwritten.pop_front();
+        }
+        Ok(())
+    }
+
+    fn block_write(&self, partition: u32, sealed: &Sealed) -> BlockWrite {
+        BlockWrite {
+            topic_id: self.id,
+            partition,
+            base: sealed.base,
+            bytes: sealed.bytes.clone(),
+        }
     }
 
     fn dedup_entries(&self, partition: u32, log: &PartitionLog) -> Vec<(String, DedupRecord)> {
@@ -683,6 +766,13 @@ impl TopicLog {
                 .find(|(base, run)| contains(*base, run, offset))
             {
                 return Ok(Some(run.clone()));
+            }
+            if let Some(sealed) = log
+                .unwritten
+                .iter()
+                .find(|sealed| contains(sealed.base, &sealed.messages, offset))
+            {
+                return Ok(Some((sealed.base, Arc::clone(&sealed.messages))));
             }
         }
         self.read_stored(partition, offset)

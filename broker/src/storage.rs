@@ -553,7 +553,7 @@ impl Storage {
             if let Some((key, value)) = &parked {
                 meta.insert(key.as_slice(), value.as_slice())?;
             }
-            log.insert(block_key.as_slice(), block.bytes.as_slice())?;
+            log.insert(block_key.as_slice(), &*block.bytes)?;
             index.insert(block_key.as_slice(), index_bytes.as_slice())?;
             groups.insert(cursor_key.as_slice(), cursor_bytes.as_slice())?;
             Ok::<(), ConflictableTransactionError<()>>(())
@@ -698,7 +698,7 @@ pub(crate) struct BlockWrite {
     pub topic_id: u32,
     pub partition: u32,
     pub base: u64,
-    pub bytes: Vec<u8>,
+    pub bytes: sled::IVec,
 }
 
 /// A cursor record to write with a dead-letter block.
