@@ -295,7 +295,8 @@ impl Broker {
         shared.storage.check_writable()?;
         let now = shared.config.clock.now_ms();
 
-        let mut stored_messages = Vec::new();
+        let messages = messages.into_iter();
+        let mut stored_messages = Vec::with_capacity(messages.size_hint().0);
         for message in messages {
             shared.validate_message(&topic.name, &message)?;
             stored_messages.push(stored(message, now));

@@ -31,9 +31,12 @@ use crate::record::{self, Block, DedupRecord, IndexRecord, Kind, StoredMessage};
 use crate::signal::Signal;
 use crate::storage::{BlockWrite, Storage};
 
-/// Number of written blocks per partition kept decoded for readers, 128 KiB of messages at the
-/// default block size.
-const RECENT_BLOCKS: usize = 16;
+/// Bytes of a topic's newest blocks kept decoded for readers, shared by its partitions, so that
+/// a consumer a few thousand messages behind the head does not decode blocks from sled.
+const RECENT_TOPIC_BYTES: usize = 2 * 1024 * 1024;
+
+/// Fewest newest blocks each partition keeps decoded, whatever the topic's partition count.
+const MIN_RECENT_BLOCKS: usize = 16;
 
 /// Maximum number of messages in one block, whatever their size.
 const MAX_BLOCK_MESSAGES: usize = 4096;
@@ -57,6 +60,8 @@ pub(crate) struct TopicLog {
     next_keyless: AtomicU32,
     storage: Arc<Storage>,
     block_bytes: usize,
+    /// Newest blocks each partition keeps decoded.
+    recent_blocks: usize,
     dedup: Mutex<DedupIndex>,
     floors: RwLock<Vec<Arc<GroupFloor>>>,
     /// Bumped when the backlog shrinks, for publishers blocked on a full backlog.
@@ -200,6 +205,7 @@ impl TopicLog {
         Ok(TopicLog {
             name,
             id,
+            recent_blocks: recent_blocks(block_bytes, config.partitions),
             config,
             signal: Arc::new(Signal::default()),
             writers: partitions.iter().map(|_| Mutex::new(())).collect(),
@@ -382,7 +388,7 @@ impl TopicLog {
                 continue;
             }
             let empty: [Arc<StoredMessage>; 0] = [];
-            let bytes = encode_block(&empty)?;
+            let bytes = encode_block(&empty, 0)?;
             let index = IndexRecord {
                 count: 0,
                 bytes: bytes.len() as u64,
@@ -576,8 +582,9 @@ impl TopicLog {
         partition: u32,
         messages: impl IntoIterator<Item = StoredMessage>,
     ) -> Result<Vec<Receipt>> {
+        let messages = messages.into_iter();
+        let mut receipts = Vec::with_capacity(messages.size_hint().0);
         let mut log = self.partitions[partition as usize].lock();
-        let mut receipts = Vec::new();
         let mut sealed = false;
         for message in messages {
             let offset = log.next_offset;
@@ -613,7 +620,7 @@ impl TopicLog {
         self.write_sealed_locked(partition, &mut log)?;
         let offset = log.next_offset;
         let message = Arc::new(message);
-        let bytes = encode_block(std::slice::from_ref(&message))?;
+        let bytes = encode_block(std::slice::from_ref(&message), stored_size(&message))?;
         let index = IndexRecord {
             count: 1,
             bytes: bytes.len() as u64,
@@ -623,7 +630,11 @@ impl TopicLog {
         log.push_block(meta(offset, &index));
         log.next_offset += 1;
         log.open_base = log.next_offset;
-        push_recent(&mut log.recent, (offset, Arc::from(vec![message])));
+        push_recent(
+            &mut log.recent,
+            (offset, Arc::from(vec![message])),
+            self.recent_blocks,
+        );
         Ok(Receipt { partition, offset })
     }
 
@@ -643,7 +654,7 @@ impl TopicLog {
         if log.open.is_empty() {
             return Ok(());
         }
-        let bytes = encode_block(&log.open)?;
+        let bytes = encode_block(&log.open, log.open_bytes)?;
         let dedup = self.dedup_entries(partition, log);
         let last_timestamp_ms = log.open.iter().map(|message| message.timestamp_ms).max();
         let index = IndexRecord {
@@ -652,8 +663,11 @@ impl TopicLog {
             last_timestamp_ms: last_timestamp_ms.unwrap_or(0),
         };
         log.push_block(meta(log.open_base, &index));
-        let messages: Arc<[Arc<StoredMessage>]> = Arc::from(std::mem::take(&mut log.open));
-        push_recent(&mut log.recent, (log.open_base, Arc::clone(&messages)));
+        let capacity = log.open.len();
+        let open = std::mem::replace(&mut log.open, Vec::with_capacity(capacity));
+        let messages: Arc<[Arc<StoredMessage>]> = Arc::from(open);
+        let run = (log.open_base, Arc::clone(&messages));
+        push_recent(&mut log.recent, run, self.recent_blocks);
         log.unwritten.push_back(Sealed {
             base: log.open_base,
             bytes: bytes.into(),
@@ -828,15 +842,22 @@ fn contains(base: u64, run: &[Arc<StoredMessage>], offset: u64) -> bool {
     offset >= base && offset < base + run.len() as u64
 }
 
-fn push_recent(recent: &mut VecDeque<Run>, run: Run) {
-    if recent.len() == RECENT_BLOCKS {
+/// Returns how many newest blocks each partition keeps decoded: its share of
+/// [`RECENT_TOPIC_BYTES`], and at least [`MIN_RECENT_BLOCKS`].
+fn recent_blocks(block_bytes: usize, partitions: u32) -> usize {
+    let per_partition = RECENT_TOPIC_BYTES / (partitions.max(1) as usize);
+    (per_partition / block_bytes.max(1)).max(MIN_RECENT_BLOCKS)
+}
+
+fn push_recent(recent: &mut VecDeque<Run>, run: Run, capacity: usize) {
+    while recent.len() >= capacity {
         recent.pop_front();
     }
     recent.push_back(run);
 }
 
-fn encode_block(messages: &[Arc<StoredMessage>]) -> Result<Vec<u8>> {
-    record::encode(Kind::Block, &BlockRef { messages })
+fn encode_block(messages: &[Arc<StoredMessage>], size_hint: usize) -> Result<Vec<u8>> {
+    record::encode_sized(Kind::Block, &BlockRef { messages }, size_hint)
 }
 
 fn decode_block(bytes: &[u8], topic_id: u32, partition: u32, base: u64) -> Result<Block> {

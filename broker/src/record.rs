@@ -116,7 +116,18 @@ pub(crate) struct CursorRecord {
 }
 
 pub(crate) fn encode<T: Serialize>(kind: Kind, value: &T) -> Result<Vec<u8>> {
-    let out = vec![FORMAT_VERSION, kind as u8];
+    encode_sized(kind, value, 0)
+}
+
+/// As [`encode`], with room reserved for `size_hint` bytes of the value, so that a large value
+/// is not copied each time the buffer grows.
+pub(crate) fn encode_sized<T: Serialize>(
+    kind: Kind,
+    value: &T,
+    size_hint: usize,
+) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(2 + size_hint);
+    out.extend_from_slice(&[FORMAT_VERSION, kind as u8]);
     postcard::to_extend(value, out).map_err(|source| Error::Encode {
         type_name: std::any::type_name::<T>(),
         source,
