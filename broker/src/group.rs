@@ -31,6 +31,7 @@ use crate::log::{GroupFloor, Run, TopicLog};
 use crate::message::DeadLetterInfo;
 use crate::record::{CursorRecord, DelaysRecord, ParkedRecord, StoredMessage};
 use crate::storage::{BlockWrite, CursorWrite, Storage};
+use crate::window::Window;
 
 /// Minimum number of messages a fetch loads into a partition's window at a time.
 const MIN_LOAD: usize = 64;
@@ -105,7 +106,7 @@ struct PartitionCursor {
     committed: u64,
     /// Next offset to load into the window.
     loaded: u64,
-    window: BTreeMap<u64, Slot>,
+    window: Window<Slot>,
     ready: BTreeSet<u64>,
     /// Unsettled offsets per key hash, in offset order; used in per-key mode.
     key_queues: HashMap<u64, VecDeque<u64>>,
@@ -289,7 +290,7 @@ impl Group {
                 let Some(lease) = slot.lease else { continue };
                 if Some(lease.consumer) != owner {
                     slot.lease = None;
-                    cursor.ready.insert(*offset);
+                    cursor.ready.insert(offset);
                 }
             }
         }
@@ -406,7 +407,13 @@ impl Group {
             if suspect && !fetched.leased.is_empty() {
                 break;
             }
-            let attempts = state.partitions[partition].window[&offset].attempts;
+            let Some(attempts) = state.partitions[partition]
+                .window
+                .get(offset)
+                .map(|slot| slot.attempts)
+            else {
+                continue;
+            };
             if self.limit_reached(attempts) {
                 let reason = format!("delivery limit of {attempts} reached");
                 self.dead_letter_slot(state, partition, offset, reason)?;
@@ -419,7 +426,7 @@ impl Group {
             cursor.ready.remove(&offset);
             cursor.dirty = true;
             cursor.touched_end = cursor.touched_end.max(offset + 1);
-            let Some(slot) = cursor.window.get_mut(&offset) else {
+            let Some(slot) = cursor.window.get_mut(offset) else {
                 continue;
             };
             slot.attempts += 1;
@@ -474,7 +481,9 @@ impl Group {
             if candidates.len() >= requested {
                 break;
             }
-            let slot = &cursor.window[&offset];
+            let Some(slot) = cursor.window.get(offset) else {
+                continue;
+            };
             if slot.not_before > now {
                 let due = fetched
                     .next_due_ms
@@ -514,7 +523,7 @@ impl Group {
             state.leases.pop();
             let partition = entry.partition as usize;
             let cursor = &mut state.partitions[partition];
-            let Some(slot) = cursor.window.get_mut(&entry.offset) else {
+            let Some(slot) = cursor.window.get_mut(entry.offset) else {
                 continue;
             };
             let current = slot.epoch == entry.epoch
@@ -551,13 +560,12 @@ impl Group {
     /// Settles or returns a leased delivery. Fails with `LeaseExpired` when `epoch` is not the
     /// delivery's latest lease or the delivery is already settled.
     pub fn settle(&self, partition: u32, offset: u64, epoch: u64, outcome: Outcome) -> Result<()> {
-        let now = self.clock.now_ms();
         let mut state = self.state.lock();
         let index = partition as usize;
         let slot = state
             .partitions
             .get(index)
-            .and_then(|cursor| cursor.window.get(&offset));
+            .and_then(|cursor| cursor.window.get(offset));
         let attempts = match slot {
             Some(slot) if !slot.settled && slot.epoch == epoch => slot.attempts,
             _ => return Err(self.lease_expired(partition, offset)),
@@ -574,8 +582,9 @@ impl Group {
                 self.dead_letter_slot(&mut state, index, offset, reason)?;
             }
             Outcome::Nack { delay_ms } => {
+                let now = self.clock.now_ms();
                 let cursor = &mut state.partitions[index];
-                if let Some(slot) = cursor.window.get_mut(&offset) {
+                if let Some(slot) = cursor.window.get_mut(offset) {
                     slot.lease = None;
                     slot.not_before = now.saturating_add(delay_ms);
                 }
@@ -615,7 +624,7 @@ impl Group {
         let slot = state
             .partitions
             .get_mut(partition as usize)
-            .and_then(|cursor| cursor.window.get_mut(&offset));
+            .and_then(|cursor| cursor.window.get_mut(offset));
         match slot {
             Some(slot) if !slot.settled && slot.epoch == epoch && slot.lease.is_some() => {
                 if let Some(lease) = slot.lease.as_mut() {
@@ -644,7 +653,7 @@ impl Group {
             let Some(cursor) = state.partitions.get_mut(leased.partition as usize) else {
                 continue;
             };
-            let Some(slot) = cursor.window.get_mut(&leased.offset) else {
+            let Some(slot) = cursor.window.get_mut(leased.offset) else {
                 continue;
             };
             if slot.settled || slot.epoch != leased.epoch || slot.lease.is_none() {
@@ -699,7 +708,7 @@ impl Group {
             });
         };
         let cursor = &mut state.partitions[partition];
-        let Some(slot) = cursor.window.get(&offset) else {
+        let Some(slot) = cursor.window.get(offset) else {
             return Ok(());
         };
         let attempts = slot.attempts;
@@ -811,8 +820,8 @@ impl Group {
             .map(|cursor| {
                 let in_flight = cursor
                     .window
-                    .values()
-                    .filter(|slot| slot.lease.is_some())
+                    .iter()
+                    .filter(|(_, slot)| slot.lease.is_some())
                     .count();
                 (cursor.committed, in_flight)
             })
@@ -910,7 +919,7 @@ impl PartitionCursor {
     }
 
     fn settle(&mut self, offset: u64) {
-        let Some(slot) = self.window.get_mut(&offset) else {
+        let Some(slot) = self.window.get_mut(offset) else {
             return;
         };
         slot.settled = true;
@@ -956,13 +965,9 @@ impl PartitionCursor {
     fn truncate(&mut self, low: u64) -> u64 {
         self.suspects = self.suspects.split_off(&low);
         let mut unsettled = 0;
-        let below: Vec<u64> = self
-            .window
-            .range(..low)
-            .map(|(offset, _)| *offset)
-            .collect();
+        let below: Vec<u64> = self.window.below(low).map(|(offset, _)| offset).collect();
         for offset in below {
-            if let Some(slot) = self.window.remove(&offset) {
+            if let Some(slot) = self.window.remove(offset) {
                 if !slot.settled {
                     unsettled += 1;
                     self.ready.remove(&offset);
@@ -1000,13 +1005,8 @@ impl PartitionCursor {
 
     /// Drops settled offsets from the front of the window and moves `committed` up.
     fn advance(&mut self) {
-        while let Some(entry) = self.window.first_entry() {
-            if !entry.get().settled {
-                break;
-            }
-            entry.remove();
-        }
-        let committed = self.window.keys().next().copied().unwrap_or(self.loaded);
+        self.window.pop_front_while(|slot| slot.settled);
+        let committed = self.window.first_offset().unwrap_or(self.loaded);
         if committed != self.committed {
             self.committed = committed;
             self.dirty = true;
@@ -1020,7 +1020,7 @@ impl PartitionCursor {
             .iter()
             .filter(|(_, slot)| !slot.settled && slot.not_before > now)
             .filter(|(_, slot)| slot.not_before > slot.message.deliver_at_ms.unwrap_or(0))
-            .map(|(offset, slot)| (*offset, slot.not_before))
+            .map(|(offset, slot)| (offset, slot.not_before))
             .collect();
         let recovered = self
             .recovered_delays
@@ -1034,7 +1034,7 @@ impl PartitionCursor {
         let committed = self.committed;
         let mut entries: Vec<(u64, u32, bool)> = self
             .window
-            .range(..self.touched_end)
+            .below(self.touched_end)
             .filter(|(_, slot)| slot.attempts > 0 || slot.settled)
             .map(|(offset, slot)| (offset - committed, slot.attempts, slot.settled))
             .collect();

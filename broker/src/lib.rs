@@ -51,6 +51,8 @@ mod record;
 mod signal;
 mod stats;
 mod storage;
+mod window;
+mod writer;
 
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;

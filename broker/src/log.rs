@@ -15,8 +15,8 @@
 //! backlog is.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
@@ -30,6 +30,7 @@ use crate::message::Receipt;
 use crate::record::{self, Block, DedupRecord, IndexRecord, Kind, StoredMessage};
 use crate::signal::Signal;
 use crate::storage::{BlockWrite, Storage};
+use crate::writer::BlockWriter;
 
 /// Bytes of a topic's newest blocks kept decoded for readers, shared by its partitions, so that
 /// a consumer a few thousand messages behind the head does not decode blocks from sled.
@@ -37,6 +38,10 @@ const RECENT_TOPIC_BYTES: usize = 2 * 1024 * 1024;
 
 /// Fewest newest blocks each partition keeps decoded, whatever the topic's partition count.
 const MIN_RECENT_BLOCKS: usize = 16;
+
+/// Sealed blocks a partition may hold for the background writer. A publish that seals one
+/// more writes them itself.
+pub(crate) const MAX_UNWRITTEN: usize = 64;
 
 /// Maximum number of messages in one block, whatever their size.
 const MAX_BLOCK_MESSAGES: usize = 4096;
@@ -57,6 +62,11 @@ pub(crate) struct TopicLog {
     /// One per partition: held while writing sealed blocks, so they reach sled one at a time in
     /// offset order. Taken before the partition's lock, never while holding it.
     writers: Vec<Mutex<()>>,
+    /// The thread that writes sealed blocks, and this topic as it queues itself there.
+    writer: Arc<BlockWriter>,
+    me: Weak<TopicLog>,
+    /// Whether this topic is in the writer's queue.
+    write_queued: AtomicBool,
     next_keyless: AtomicU32,
     storage: Arc<Storage>,
     block_bytes: usize,
@@ -175,12 +185,13 @@ impl TopicLog {
     /// restoring the dedup index.
     pub fn load(
         storage: Arc<Storage>,
+        writer: Arc<BlockWriter>,
         id: u32,
         name: String,
         config: TopicConfig,
         block_bytes: usize,
         now_ms: u64,
-    ) -> Result<Self> {
+    ) -> Result<Arc<Self>> {
         let entries = storage.load_dedup(id)?;
         let (dedup, expired) = DedupIndex::restore(entries, now_ms, config.dedup_window_ms);
         storage.remove_dedup(id, &expired)?;
@@ -202,9 +213,12 @@ impl TopicLog {
             log.open_base = log.next_offset;
             partitions.push(Mutex::new(log));
         }
-        Ok(TopicLog {
+        Ok(Arc::new_cyclic(|me| TopicLog {
             name,
             id,
+            writer,
+            me: me.clone(),
+            write_queued: AtomicBool::new(false),
             recent_blocks: recent_blocks(block_bytes, config.partitions),
             config,
             signal: Arc::new(Signal::default()),
@@ -216,7 +230,7 @@ impl TopicLog {
             dedup: Mutex::new(dedup),
             floors: RwLock::new(Vec::new()),
             space: Signal::default(),
-        })
+        }))
     }
 
     /// Returns the floor of `group`, registering one with `committed` if it has none yet.
@@ -585,7 +599,6 @@ impl TopicLog {
         let messages = messages.into_iter();
         let mut receipts = Vec::with_capacity(messages.size_hint().0);
         let mut log = self.partitions[partition as usize].lock();
-        let mut sealed = false;
         for message in messages {
             let offset = log.next_offset;
             log.open_bytes += stored_size(&message);
@@ -594,12 +607,14 @@ impl TopicLog {
             receipts.push(Receipt { partition, offset });
             if log.open_bytes >= self.block_bytes || log.open.len() >= MAX_BLOCK_MESSAGES {
                 self.seal(partition, &mut log)?;
-                sealed = true;
             }
         }
+        let unwritten = log.unwritten.len();
         drop(log);
-        if sealed {
+        if unwritten >= MAX_UNWRITTEN {
             self.write_sealed(partition)?;
+        } else if unwritten > 0 && !self.write_queued.swap(true, Ordering::AcqRel) {
+            self.writer.submit(self.me.clone());
         }
         Ok(receipts)
     }
@@ -708,6 +723,16 @@ impl TopicLog {
                 log.unwritten.pop_front();
             }
         }
+    }
+
+    /// Writes the sealed blocks of every partition, for the background writer.
+    pub fn write_queued(&self) -> Result<()> {
+        // Cleared first, so a block sealed during the writes queues the topic again.
+        self.write_queued.store(false, Ordering::Release);
+        for partition in 0..self.partition_count() {
+            self.write_sealed(partition)?;
+        }
+        Ok(())
     }
 
     /// Writes the partition's sealed blocks while holding its writer lock and its lock.
