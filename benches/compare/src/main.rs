@@ -266,7 +266,7 @@ fn run(args: &Args) -> Result<()> {
                         let mut measurement = servers.nats()?.run(scenario, count, &name)?;
                         if mode == Mode::Flushed {
                             measurement.note = join_notes(
-                                "not comparable: no per-message fsync in nats-server 2.9",
+                                "not comparable: default JetStream syncing, no fsync per message",
                                 &measurement.note,
                             );
                         }
