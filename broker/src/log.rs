@@ -1,14 +1,17 @@
 //! Topics and their partition logs.
 //!
 //! Each partition assigns dense offsets under its own lock and collects new messages in an open
-//! block. The open block is written to storage as one sled value when it reaches the configured
-//! size or when the flusher runs. Readers see messages in the open block at once. The last few
-//! written blocks stay decoded in memory so that consumers near the head do not touch sled.
+//! block. The open block is sealed when it reaches the configured size or when the flusher
+//! runs, and each sealed block becomes one sled value. The background writer (see
+//! [`crate::writer`]) or a flush round writes sealed blocks outside the partition's lock, in
+//! offset order. Readers see messages in the open block and in sealed blocks at once. The
+//! newest blocks of each topic stay decoded in memory so that consumers near the head do not
+//! touch sled.
 //!
-//! Each partition also keeps the index of its stored blocks (base offset, message count, size
+//! Each partition also keeps the index of its sealed blocks (base offset, message count, size
 //! and newest timestamp), which gives the low watermark, the stored bytes and the input of
-//! retention without reading a block. Retention removes whole blocks from the front and never
-//! the newest stored block, so the next offset is always recoverable from storage.
+//! retention without reading a block. Retention removes whole written blocks from the front and
+//! never the newest stored block, so the next offset is always recoverable from storage.
 //!
 //! Each group of the topic registers a [`GroupFloor`]: its committed offset per partition.
 //! The minimum over floors decides what `Retention::UntilAcked` may remove and how large the
