@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Compares aqueduct with Redis Streams and NATS JetStream on this machine.
 #
-# Installs redis-server and nats-server with apt-get when they are missing (needs root),
-# starts two Redis servers (appendfsync everysec and always) and one NATS server with
-# JetStream, each on a free port on 127.0.0.1 with its data in a new temporary directory,
-# runs the harness in release mode, then stops the servers and removes the directory.
+# Installs redis-server and nats-server with apt-get when they are missing (needs root). Starts
+# two Redis servers (appendfsync everysec and always) and one NATS server with JetStream, each
+# on a free port on 127.0.0.1 with its data in a new temporary directory. Runs the harness in
+# release mode, then stops the servers and removes the directory.
 #
 # Usage: benches/compare/run.sh [HARNESS OPTIONS]
 # Options and COMPARE_* environment variables go to the harness; see

@@ -22,7 +22,7 @@ use crate::redis_system::RedisServer;
 use crate::report::Row;
 use crate::workload::{Mode, Scenario, ScenarioKind, System, Workload, BATCH, PAYLOAD_BYTES};
 
-/// Error type of the harness: a message that says what failed.
+/// Error type of the harness: a message that names the action that failed.
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
 /// Result type of the harness.

@@ -10,7 +10,7 @@ pub struct Row {
     pub system: System,
     /// The durability mode.
     pub mode: Mode,
-    /// What it measured.
+    /// The measured figures.
     pub measurement: Measurement,
 }
 

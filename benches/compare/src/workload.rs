@@ -12,7 +12,7 @@ use crate::Context;
 pub const PAYLOAD_BYTES: usize = 100;
 
 /// Messages per `publish_batch` call, per Redis pipeline and per group of JetStream publishes
-/// whose acks are awaited together; also the batch size of Redis and JetStream consumers.
+/// whose acks are awaited together. Redis and JetStream consumers fetch batches of this size.
 pub const BATCH: usize = 100;
 
 /// Highest latency the histograms record, in nanoseconds (60 s).
@@ -264,7 +264,7 @@ pub fn record_nanos(histogram: &mut Histogram<u64>, nanos: u64) {
     histogram.saturating_record(nanos.max(1));
 }
 
-/// The process-wide instant that payload timestamps count from.
+/// Returns the process-wide instant that payload timestamps count from.
 fn epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     *EPOCH.get_or_init(Instant::now)
