@@ -464,6 +464,57 @@ impl Delivery {
             .settle(self.partition, self.offset, self.epoch, Outcome::Ack)
     }
 
+    /// Settles every delivery in `deliveries`, which may come from any consumers and groups of
+    /// one broker. With `Durability::Flushed` all of them share the wait for one flush round,
+    /// where acking them one by one waits for a round each.
+    ///
+    /// # Errors
+    ///
+    /// The first failure, such as [`Error::LeaseExpired`] for a delivery whose lease expired.
+    /// The other deliveries are settled all the same.
+    ///
+    /// ```
+    /// # use aqueduct::{Broker, Delivery, Message, TopicConfig};
+    /// # use std::time::Duration;
+    /// # fn main() -> aqueduct::Result<()> {
+    /// # let broker = Broker::temporary()?;
+    /// # broker.create_topic("events", TopicConfig::default())?;
+    /// # broker.publish_batch("events", (0..3).map(|i| Message::new(format!("event {i}"))))?;
+    /// let mut consumer = broker.subscribe("events", "audit")?;
+    /// let batch = consumer.recv_batch(100, Duration::from_secs(1))?;
+    /// // Process the batch, then settle all of it at once.
+    /// Delivery::ack_all(batch)?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn ack_all(deliveries: impl IntoIterator<Item = Delivery>) -> Result<()> {
+        let mut first_error = None;
+        let mut to_sync: Vec<Arc<Group>> = Vec::new();
+        for mut delivery in deliveries {
+            delivery.settled = true;
+            let group = &delivery.group;
+            let outcome = group.settle_unsynced(
+                delivery.partition,
+                delivery.offset,
+                delivery.epoch,
+                Outcome::Ack,
+            );
+            if let Err(error) = outcome {
+                first_error.get_or_insert(error);
+            }
+            // Groups of one broker share its flusher, so one group per broker is enough.
+            if !to_sync.iter().any(|known| known.shares_flusher(group)) {
+                to_sync.push(Arc::clone(group));
+            }
+        }
+        for group in &to_sync {
+            if let Err(error) = group.sync_settled() {
+                first_error.get_or_insert(error);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
     /// Returns the message for redelivery now. At the topic's delivery limit the message is
     /// dead-lettered instead.
     ///

@@ -558,8 +558,34 @@ impl Group {
     }
 
     /// Settles or returns a leased delivery. Fails with `LeaseExpired` when `epoch` is not the
-    /// delivery's latest lease or the delivery is already settled.
+    /// delivery's latest lease or the delivery is already settled. With `Durability::Flushed`
+    /// it returns after a flush round has made the change durable.
     pub fn settle(&self, partition: u32, offset: u64, epoch: u64, outcome: Outcome) -> Result<()> {
+        self.settle_unsynced(partition, offset, epoch, outcome)?;
+        self.sync_settled()
+    }
+
+    /// Whether this group and `other` belong to the same broker, and so share its flush rounds.
+    pub fn shares_flusher(&self, other: &Group) -> bool {
+        Arc::ptr_eq(&self.flusher, &other.flusher)
+    }
+
+    /// With `Durability::Flushed`, waits for a flush round that covers every settle so far.
+    pub fn sync_settled(&self) -> Result<()> {
+        if self.durability == Durability::Flushed {
+            self.flusher.sync()?;
+        }
+        Ok(())
+    }
+
+    /// As [`settle`](Self::settle), without waiting for a flush round.
+    pub fn settle_unsynced(
+        &self,
+        partition: u32,
+        offset: u64,
+        epoch: u64,
+        outcome: Outcome,
+    ) -> Result<()> {
         let mut state = self.state.lock();
         let index = partition as usize;
         let slot = state
@@ -609,9 +635,6 @@ impl Group {
         self.share_committed(index, committed);
         if wake {
             self.topic.signal.bump();
-        }
-        if self.durability == Durability::Flushed {
-            self.flusher.sync()?;
         }
         Ok(())
     }

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use aqueduct::{
-    Broker, BrokerConfig, ConsumerConfig, ManualClock, Message, OrderingMode, TopicConfig,
+    Broker, BrokerConfig, ConsumerConfig, Delivery, ManualClock, Message, OrderingMode, TopicConfig,
 };
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -218,5 +218,84 @@ fn recovered_deliveries_arrive_one_by_one() {
         offsets,
         vec![0, 1, 2, 3, 4],
         "try_recv returns every recovered delivery"
+    );
+}
+
+#[test]
+fn ack_all_shares_one_flush_round_and_survives_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let flushed = || BrokerConfig::default().durability(aqueduct::Durability::Flushed);
+    {
+        let broker = Broker::open_with(dir.path(), flushed()).expect("open");
+        broker
+            .create_topic("t", TopicConfig::default().partitions(2))
+            .expect("create");
+        let messages = (0..200u32).map(|i| Message::new(i.to_be_bytes().to_vec()));
+        broker.publish_batch("t", messages).expect("publish");
+        let mut consumer = broker.subscribe("t", "g").expect("subscribe");
+        let mut batch = Vec::new();
+        while batch.len() < 150 {
+            let more = consumer
+                .recv_batch(150 - batch.len(), WAIT)
+                .expect("recv batch");
+            assert!(!more.is_empty(), "the backlog ran dry");
+            batch.extend(more);
+        }
+        let before = broker.fsync_count();
+        Delivery::ack_all(batch).expect("ack all");
+        let rounds = broker.fsync_count() - before;
+        assert!(
+            (1..=3).contains(&rounds),
+            "150 acks took {rounds} fsyncs; one flush round should cover them"
+        );
+    }
+    let broker = Broker::open_with(dir.path(), flushed()).expect("reopen");
+    let mut consumer = broker.subscribe("t", "g").expect("subscribe");
+    let mut rest = 0;
+    while let Some(delivery) = consumer
+        .recv_timeout(Duration::from_millis(200))
+        .expect("recv")
+    {
+        delivery.ack().expect("ack");
+        rest += 1;
+    }
+    assert_eq!(rest, 50, "the 150 acknowledged messages came back");
+}
+
+#[test]
+fn ack_all_reports_an_expired_lease_and_settles_the_rest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (broker, clock) = manual_broker(dir.path());
+    let config = TopicConfig::default().ack_timeout(Duration::from_secs(30));
+    broker.create_topic("t", config).expect("create");
+    broker
+        .publish_batch("t", (0..3u8).map(|i| Message::new(vec![i])))
+        .expect("publish");
+    let mut first = broker
+        .subscribe_with("t", "g", ConsumerConfig::default().prefetch(1))
+        .expect("subscribe");
+    let stale = first.recv_timeout(WAIT).expect("recv").expect("delivery");
+    clock.advance(Duration::from_secs(31));
+    let mut second = broker
+        .subscribe_with("t", "g", ConsumerConfig::default().prefetch(1))
+        .expect("subscribe");
+    let mut fresh = Vec::new();
+    for _ in 0..3 {
+        fresh.push(second.recv_timeout(WAIT).expect("recv").expect("delivery"));
+    }
+    assert!(fresh.iter().any(|d| d.offset() == stale.offset()));
+
+    let error = Delivery::ack_all(std::iter::once(stale).chain(fresh))
+        .expect_err("the expired lease is reported");
+    assert!(
+        matches!(error, aqueduct::Error::LeaseExpired { .. }),
+        "unexpected error: {error}"
+    );
+    assert!(
+        second
+            .recv_timeout(Duration::from_millis(100))
+            .expect("recv")
+            .is_none(),
+        "a delivery acked by ack_all came back"
     );
 }
