@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::config::{BrokerConfig, ConsumerConfig, Durability, OrderingMode, TopicConfig};
+use crate::config::{
+    BrokerConfig, ConsumerConfig, Durability, OrderingMode, StartPosition, TopicConfig,
+};
 use crate::consumer::Consumer;
 use crate::error::{Error, Result};
 use crate::flusher::Flusher;
@@ -17,7 +19,7 @@ use crate::group::{Group, GroupParts};
 use crate::log::{GroupFloor, TopicLog};
 use crate::message::{Message, ParkedKey, PeekedMessage, Receipt};
 use crate::name::validate_name;
-use crate::record::{GroupMetaRecord, StoredMessage, TopicRecord};
+use crate::record::{CursorRecord, GroupMetaRecord, StoredMessage, TopicRecord};
 use crate::stats::{GroupPartitionStats, GroupStats, PartitionStats, Stats, TopicStats};
 use crate::storage::Storage;
 use crate::writer::{BlockWriter, WriterHandle};
@@ -620,12 +622,24 @@ impl Shared {
         match self.storage.load_group_meta(topic.id, name)? {
             Some(meta) => check_ordering(&topic.name, name, meta.ordering, config)?,
             None => {
+                if config.start == StartPosition::Latest {
+                    // The cursors go first: a crash that keeps the group record keeps them.
+                    for partition in 0..topic.partition_count() {
+                        let record = CursorRecord {
+                            committed: topic.end_offset(partition),
+                            entries: Vec::new(),
+                        };
+                        self.storage
+                            .put_cursor(topic.id, partition, name, &record)?;
+                    }
+                }
                 let meta = GroupMetaRecord {
                     topic: topic.name.clone(),
                     group: name.to_string(),
                     ordering: config.ordering,
                 };
                 self.storage.put_group_meta(topic.id, &meta)?;
+                tracing::info!(topic = %topic.name, group = name, start = ?config.start, "group created");
             }
         }
         let dead_letter = match &topic.config.dead_letter_topic {

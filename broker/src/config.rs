@@ -464,12 +464,24 @@ pub enum OrderingMode {
     PerPartition,
 }
 
+/// Where a new consumer group starts reading each partition.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StartPosition {
+    /// At the oldest retained message, so the group sees everything the topic still holds.
+    #[default]
+    Earliest,
+    /// At the partition's next offset when the group is created, so the group sees only
+    /// messages published after that.
+    Latest,
+}
+
 /// Settings of one consumer.
 #[derive(Clone, Debug)]
 pub struct ConsumerConfig {
     pub(crate) ordering: OrderingMode,
     pub(crate) prefetch: usize,
     pub(crate) max_unacked: usize,
+    pub(crate) start: StartPosition,
 }
 
 impl Default for ConsumerConfig {
@@ -478,6 +490,7 @@ impl Default for ConsumerConfig {
             ordering: OrderingMode::Unordered,
             prefetch: 1024,
             max_unacked: 10_000,
+            start: StartPosition::Earliest,
         }
     }
 }
@@ -511,6 +524,14 @@ impl ConsumerConfig {
     #[must_use]
     pub fn max_unacked(mut self, max: usize) -> Self {
         self.max_unacked = max;
+        self
+    }
+
+    /// Sets where the group starts if this subscribe creates it. A group that exists keeps its
+    /// committed offsets and ignores this setting. Default: [`StartPosition::Earliest`].
+    #[must_use]
+    pub fn start_position(mut self, start: StartPosition) -> Self {
+        self.start = start;
         self
     }
 

@@ -60,8 +60,8 @@ pub mod fuzzing;
 pub use crate::broker::Broker;
 pub use crate::clock::{Clock, ManualClock, SystemClock};
 pub use crate::config::{
-    BacklogLimit, BrokerConfig, ConsumerConfig, Durability, OrderingMode, Retention, TopicConfig,
-    WhenFull, MAX_MESSAGE_BYTES_LIMIT,
+    BacklogLimit, BrokerConfig, ConsumerConfig, Durability, OrderingMode, Retention, StartPosition,
+    TopicConfig, WhenFull, MAX_MESSAGE_BYTES_LIMIT,
 };
 pub use crate::consumer::{Consumer, Delivery};
 pub use crate::error::{Error, Result};

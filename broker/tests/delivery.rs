@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use aqueduct::{
-    Broker, BrokerConfig, ConsumerConfig, Delivery, ManualClock, Message, OrderingMode, TopicConfig,
+    Broker, BrokerConfig, ConsumerConfig, Delivery, ManualClock, Message, OrderingMode,
+    StartPosition, TopicConfig,
 };
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -298,4 +299,50 @@ fn ack_all_reports_an_expired_lease_and_settles_the_rest() {
             .is_none(),
         "a delivery acked by ack_all came back"
     );
+}
+
+#[test]
+fn a_group_created_at_latest_sees_only_later_messages_also_after_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let payloads = |range: std::ops::Range<u8>| range.map(|i| Message::new(vec![i]));
+    let drain = |consumer: &mut aqueduct::Consumer| {
+        let mut seen = Vec::new();
+        while let Some(delivery) = consumer
+            .recv_timeout(Duration::from_millis(200))
+            .expect("recv")
+        {
+            seen.push(delivery.payload()[0]);
+            delivery.ack().expect("ack");
+        }
+        seen.sort_unstable();
+        seen
+    };
+    {
+        let broker = Broker::open(dir.path()).expect("open");
+        broker
+            .create_topic("t", TopicConfig::default().partitions(3))
+            .expect("create");
+        broker.publish_batch("t", payloads(0..6)).expect("publish");
+        let latest = ConsumerConfig::default().start_position(StartPosition::Latest);
+        let mut consumer = broker
+            .subscribe_with("t", "new", latest.clone())
+            .expect("subscribe");
+        broker.publish_batch("t", payloads(6..9)).expect("publish");
+        assert_eq!(drain(&mut consumer), vec![6, 7, 8]);
+        // Created and never read from: only its starting cursors are stored.
+        drop(
+            broker
+                .subscribe_with("t", "idle", latest)
+                .expect("subscribe"),
+        );
+    }
+    let broker = Broker::open(dir.path()).expect("reopen");
+    broker.publish_batch("t", payloads(9..10)).expect("publish");
+    // The group exists now, so the default start position does not move it back.
+    let mut consumer = broker.subscribe("t", "new").expect("subscribe");
+    assert_eq!(drain(&mut consumer), vec![9]);
+    let mut idle = broker.subscribe("t", "idle").expect("subscribe");
+    assert_eq!(drain(&mut idle), vec![9]);
+    let mut everything = broker.subscribe("t", "all").expect("subscribe");
+    assert_eq!(drain(&mut everything), (0..10).collect::<Vec<u8>>());
 }
