@@ -15,7 +15,7 @@
 //!
 //! The raw-sled backlog is a tenth of the others because sled with one key per message is
 //! slow at one million keys. On the 2-core machine of `docs/BENCHMARKS.md`, at 1-minute load
-//! averages of 4 to 9, filling one million keys took 9 to 19 s per iteration and draining them
+//! averages of 3 to 9, filling one million keys took 9 to 19 s per iteration and draining them
 //! about 13 s. Criterion runs each benchmark 11 times (one warm-up iteration and its minimum of
 //! 10 samples), so the group would take more than five minutes.
 //!

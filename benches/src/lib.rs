@@ -49,8 +49,8 @@ pub fn message_keys(count: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// Returns criterion's default configuration without plots. Plotting the HTML report takes
-/// about as long as measuring a short benchmark, and the matrix has dozens of them.
+/// Returns criterion's default configuration without plots, so that the dozens of short
+/// matrix benchmarks do not each wait for their plots to be drawn.
 pub fn matrix_criterion() -> Criterion {
     Criterion::default().without_plots()
 }
@@ -91,7 +91,7 @@ pub fn time_channel_sends<T>(
     elapsed
 }
 
-/// Returns the receiving end of an unbounded crossbeam channel that holds `count` copies of
+/// Returns the receiving end of an unbounded crossbeam channel that contains `count` copies of
 /// `payload`, with the sending end closed.
 ///
 /// # Panics
