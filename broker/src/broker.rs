@@ -22,7 +22,6 @@ use crate::name::validate_name;
 use crate::record::{CursorRecord, GroupMetaRecord, StoredMessage, TopicRecord};
 use crate::stats::{GroupPartitionStats, GroupStats, PartitionStats, Stats, TopicStats};
 use crate::storage::Storage;
-use crate::writer::{BlockWriter, WriterHandle};
 
 /// Interval of the flusher's idle rounds in `Durability::Flushed` mode, where every publish
 /// and ack requests its own round.
@@ -58,7 +57,6 @@ struct Inner {
     shared: Arc<Shared>,
     flusher: Arc<Flusher>,
     flusher_thread: Mutex<Option<JoinHandle<()>>>,
-    writer: Mutex<WriterHandle>,
     /// Kept alive so that the clock's weak reference to it stays valid.
     _clock_waker: Arc<dyn Fn() + Send + Sync>,
 }
@@ -122,12 +120,10 @@ impl Broker {
 
     fn start(storage: Storage, config: BrokerConfig) -> Result<Self> {
         let storage = Arc::new(storage);
-        let writer = BlockWriter::start()?;
         let mut topics = HashMap::new();
         for record in storage.load_topics()? {
             let topic = TopicLog::load(
                 Arc::clone(&storage),
-                Arc::clone(&writer.writer),
                 record.id,
                 record.name.clone(),
                 record.config,
@@ -168,7 +164,6 @@ impl Broker {
                 shared,
                 flusher,
                 flusher_thread: Mutex::new(Some(thread)),
-                writer: Mutex::new(writer),
                 _clock_waker: clock_waker,
             }),
         })
@@ -221,16 +216,7 @@ impl Broker {
         let storage = Arc::clone(&shared.storage);
         let now = shared.config.clock.now_ms();
         let block_bytes = shared.config.block_bytes;
-        let writer = Arc::clone(&self.inner.writer.lock().writer);
-        let topic = TopicLog::load(
-            storage,
-            writer,
-            id,
-            name.to_string(),
-            config,
-            block_bytes,
-            now,
-        )?;
+        let topic = TopicLog::load(storage, id, name.to_string(), config, block_bytes, now)?;
         shared.topics.write().insert(name.to_string(), topic);
         tracing::debug!(topic = name, id, "topic created");
         Ok(())
@@ -569,8 +555,6 @@ impl std::fmt::Debug for Broker {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        // The writer stops first; the flusher's last round writes what it left.
-        self.writer.lock().stop();
         self.flusher.shutdown();
         if let Some(thread) = self.flusher_thread.lock().take() {
             if thread.join().is_err() {

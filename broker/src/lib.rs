@@ -52,7 +52,6 @@ mod signal;
 mod stats;
 mod storage;
 mod window;
-mod writer;
 
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;

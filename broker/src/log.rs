@@ -2,9 +2,8 @@
 //!
 //! Each partition assigns dense offsets under its own lock and collects new messages in an open
 //! block. The open block is sealed when it reaches the configured size or when the flusher
-//! runs, and each sealed block becomes one sled value. The background writer (see
-//! [`crate::writer`]) or a flush round writes sealed blocks outside the partition's lock, in
-//! offset order. Readers see messages in the open block and in sealed blocks at once. The
+//! runs, and each sealed block becomes one sled value. The publisher that sealed a block, or a
+//! flush round, writes sealed blocks outside the partition's lock, in offset order. Readers see messages in the open block and in sealed blocks at once. The
 //! newest blocks of each topic stay decoded in memory so that consumers near the head do not
 //! touch sled.
 //!
@@ -18,8 +17,8 @@
 //! backlog is.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
@@ -33,7 +32,6 @@ use crate::message::Receipt;
 use crate::record::{self, Block, DedupRecord, IndexRecord, Kind, StoredMessage};
 use crate::signal::Signal;
 use crate::storage::{BlockWrite, Storage};
-use crate::writer::BlockWriter;
 
 /// Bytes of a topic's newest blocks kept decoded for readers, shared by its partitions, so that
 /// a consumer a few thousand messages behind the head does not decode blocks from sled.
@@ -41,10 +39,6 @@ const RECENT_TOPIC_BYTES: usize = 2 * 1024 * 1024;
 
 /// Fewest newest blocks each partition keeps decoded, whatever the topic's partition count.
 const MIN_RECENT_BLOCKS: usize = 16;
-
-/// Sealed blocks a partition may hold for the background writer. A publish that seals one
-/// more writes them itself.
-pub(crate) const MAX_UNWRITTEN: usize = 64;
 
 /// Maximum number of messages in one block, whatever their size.
 const MAX_BLOCK_MESSAGES: usize = 4096;
@@ -65,11 +59,6 @@ pub(crate) struct TopicLog {
     /// One per partition: held while writing sealed blocks, so they reach sled one at a time in
     /// offset order. Taken before the partition's lock, never while holding it.
     writers: Vec<Mutex<()>>,
-    /// The thread that writes sealed blocks, and this topic as it queues itself there.
-    writer: Arc<BlockWriter>,
-    me: Weak<TopicLog>,
-    /// Whether this topic is in the writer's queue.
-    write_queued: AtomicBool,
     next_keyless: AtomicU32,
     storage: Arc<Storage>,
     block_bytes: usize,
@@ -188,7 +177,6 @@ impl TopicLog {
     /// restoring the dedup index.
     pub fn load(
         storage: Arc<Storage>,
-        writer: Arc<BlockWriter>,
         id: u32,
         name: String,
         config: TopicConfig,
@@ -216,12 +204,9 @@ impl TopicLog {
             log.open_base = log.next_offset;
             partitions.push(Mutex::new(log));
         }
-        Ok(Arc::new_cyclic(|me| TopicLog {
+        Ok(Arc::new(TopicLog {
             name,
             id,
-            writer,
-            me: me.clone(),
-            write_queued: AtomicBool::new(false),
             recent_blocks: recent_blocks(block_bytes, config.partitions),
             config,
             signal: Arc::new(Signal::default()),
@@ -612,12 +597,10 @@ impl TopicLog {
                 self.seal(partition, &mut log)?;
             }
         }
-        let unwritten = log.unwritten.len();
+        let sealed = !log.unwritten.is_empty();
         drop(log);
-        if unwritten >= MAX_UNWRITTEN {
+        if sealed {
             self.write_sealed(partition)?;
-        } else if unwritten > 0 && !self.write_queued.swap(true, Ordering::AcqRel) {
-            self.writer.submit(self.me.clone());
         }
         Ok(receipts)
     }
@@ -726,16 +709,6 @@ impl TopicLog {
                 log.unwritten.pop_front();
             }
         }
-    }
-
-    /// Writes the sealed blocks of every partition, for the background writer.
-    pub fn write_queued(&self) -> Result<()> {
-        // Cleared first, so a block sealed during the writes queues the topic again.
-        self.write_queued.store(false, Ordering::Release);
-        for partition in 0..self.partition_count() {
-            self.write_sealed(partition)?;
-        }
-        Ok(())
     }
 
     /// Writes the partition's sealed blocks while holding its writer lock and its lock.
