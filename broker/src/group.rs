@@ -691,23 +691,28 @@ impl Group {
         self.topic.signal.bump();
     }
 
-    /// Writes the cursors that changed since they were last written.
+    /// Writes the cursors and delay records that changed since they were last written.
     pub fn persist_dirty(&self) -> Result<()> {
         let mut state = self.state.lock();
         for partition in 0..state.partitions.len() {
-            if state.partitions[partition].dirty {
+            let cursor = &state.partitions[partition];
+            if cursor.dirty || cursor.delays_dirty {
                 self.write_cursor(&mut state, partition)?;
             }
         }
         Ok(())
     }
 
+    /// Writes a partition's cursor record if it changed, and its delay record if that changed.
+    /// A dead letter writes the cursor in its own transaction and leaves the delays to this.
     fn write_cursor(&self, state: &mut GroupState, partition: usize) -> Result<()> {
         let cursor = &mut state.partitions[partition];
-        let record = cursor.record();
-        self.storage
-            .put_cursor(self.topic.id, partition as u32, &self.name, &record)?;
-        cursor.dirty = false;
+        if cursor.dirty {
+            let record = cursor.record();
+            self.storage
+                .put_cursor(self.topic.id, partition as u32, &self.name, &record)?;
+            cursor.dirty = false;
+        }
         if cursor.delays_dirty {
             let delays = cursor.delays(self.clock.now_ms());
             self.storage

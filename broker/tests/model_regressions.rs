@@ -93,3 +93,55 @@ fn batch_receipts_follow_input_order() {
     }];
     delivery_model::run(&setup, &ops);
 }
+
+/// A `nack_after` delay set before a dead letter in the same partition was not written, because
+/// the dead letter wrote the cursor in its transaction and the delay record waited for the
+/// next cursor change. After a reopen the delayed message came back at once.
+#[test]
+fn nack_after_delay_survives_a_dead_letter_and_reopen() {
+    let setup = Setup {
+        partitions: 1,
+        groups: vec![
+            GroupSetup {
+                ordering: OrderingMode::Unordered,
+                prefetch: 1,
+            },
+            GroupSetup {
+                ordering: OrderingMode::Unordered,
+                prefetch: 1,
+            },
+        ],
+        max_deliveries: Some(2),
+        max_unacked: 1000,
+        flushed: false,
+    };
+    let publish = || Op::Publish {
+        keys: vec![None],
+        ids: false,
+    };
+    let ops = [
+        publish(),
+        publish(),
+        Op::Receive(1),
+        Op::NackAfter(0, 100),
+        publish(),
+        Op::Receive(1),
+        Op::Receive(1),
+        Op::Extend(0),
+        Op::Nack(0),
+        Op::Nack(0),
+        Op::Advance(250),
+        Op::Receive(2),
+        publish(),
+        Op::Receive(1),
+        Op::Receive(1),
+        publish(),
+        Op::Receive(1),
+        Op::Receive(1),
+        Op::Ack(0),
+        Op::NackAfter(3, 100),
+        Op::Reopen { settle_late: false },
+        Op::Receive(1),
+    ];
+    delivery_model::run(&setup, &ops);
+}
