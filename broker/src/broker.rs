@@ -92,6 +92,14 @@ impl Broker {
     pub fn open_with(path: impl AsRef<Path>, config: BrokerConfig) -> Result<Self> {
         config.validate()?;
         let path = path.as_ref();
+        // sled would create its files in the working directory and then fail.
+        if path.as_os_str().is_empty() {
+            return Err(Error::InvalidConfig {
+                setting: "database path",
+                value: "\"\"".into(),
+                expected: "a directory path, such as \"./data\"".into(),
+            });
+        }
         let storage = Storage::open(path, config.cache_bytes)?;
         let broker = Self::start(storage, config)?;
         tracing::info!(path = %path.display(), "broker opened");

@@ -265,12 +265,17 @@ impl fmt::Display for TopicConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "partitions={} ack_timeout={}ms max_deliveries={} dead_letter_topic={}",
+            "partitions={} ack_timeout={}ms max_deliveries={} dead_letter_topic={} \
+             dedup_window={}ms retention={:?} backlog={}",
             self.partitions,
             self.ack_timeout_ms,
             self.max_deliveries
                 .map_or("unlimited".to_string(), |n| n.to_string()),
             self.dead_letter_topic.as_deref().unwrap_or("none"),
+            self.dedup_window_ms,
+            self.retention,
+            self.backlog
+                .map_or("none".to_string(), |limit| format!("{limit:?}")),
         )
     }
 }

@@ -543,6 +543,7 @@ impl Delivery {
     }
 
     /// Moves the message to the topic's dead-letter topic now, with `reason` as its last error.
+    /// A reason longer than [`MAX_REASON_BYTES`] is cut to that length and marked as cut.
     ///
     /// # Errors
     ///
@@ -551,7 +552,7 @@ impl Delivery {
     pub fn dead_letter(mut self, reason: impl Into<String>) -> Result<()> {
         self.settled = true;
         let outcome = Outcome::DeadLetter {
-            reason: reason.into(),
+            reason: bounded_reason(reason.into()),
         };
         self.group
             .settle(self.partition, self.offset, self.epoch, outcome)
@@ -565,6 +566,24 @@ impl Delivery {
     pub fn extend(&self) -> Result<()> {
         self.group.extend(self.partition, self.offset, self.epoch)
     }
+}
+
+/// Longest dead-letter reason kept, in bytes. Longer reasons are cut, so that a handler that
+/// passes a whole error report cannot store more than a message's worth of text.
+pub const MAX_REASON_BYTES: usize = 4096;
+
+fn bounded_reason(mut reason: String) -> String {
+    if reason.len() <= MAX_REASON_BYTES {
+        return reason;
+    }
+    let original = reason.len();
+    let mut end = MAX_REASON_BYTES;
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    reason.truncate(end);
+    reason.push_str(&format!(" [cut from {original} bytes]"));
+    reason
 }
 
 impl Drop for Delivery {

@@ -62,7 +62,7 @@ pub use crate::config::{
     BacklogLimit, BrokerConfig, ConsumerConfig, Durability, OrderingMode, Retention, StartPosition,
     TopicConfig, WhenFull, MAX_MESSAGE_BYTES_LIMIT,
 };
-pub use crate::consumer::{Consumer, Delivery};
+pub use crate::consumer::{Consumer, Delivery, MAX_REASON_BYTES};
 pub use crate::error::{Error, Result};
 pub use crate::hash::{key_hash, partition_for_key};
 pub use crate::message::{

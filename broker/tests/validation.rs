@@ -446,3 +446,87 @@ fn decode_rejects_trailing_bytes() {
     assert!(matches!(error, Error::Decode { .. }), "got {error:?}");
     delivery.ack().expect("ack");
 }
+
+#[test]
+fn empty_database_path_is_rejected_before_any_file_is_written() {
+    // sled would create `conf` and `db` in the working directory before failing.
+    let stray = ["conf", "db", "aqueduct.generation"];
+    let existed: Vec<bool> = stray
+        .iter()
+        .map(|f| std::path::Path::new(f).exists())
+        .collect();
+    let error = Broker::open("").expect_err("an empty path is rejected");
+    assert!(
+        matches!(
+            error,
+            Error::InvalidConfig {
+                setting: "database path",
+                ..
+            }
+        ),
+        "unexpected error: {error}"
+    );
+    for (file, existed) in stray.iter().zip(existed) {
+        assert!(
+            existed || !std::path::Path::new(file).exists(),
+            "{file} was created in the working directory"
+        );
+    }
+}
+
+#[test]
+fn a_long_dead_letter_reason_is_cut() {
+    let broker = broker();
+    broker
+        .create_topic("dlq", TopicConfig::default())
+        .expect("dead-letter topic");
+    let config = TopicConfig::default().dead_letter_topic("dlq");
+    broker.create_topic("work", config).expect("topic");
+    broker
+        .publish("work", Message::new("job"))
+        .expect("publish");
+    let mut consumer = broker.subscribe("work", "g").expect("subscribe");
+    let delivery = consumer
+        .recv_timeout(Duration::from_secs(5))
+        .expect("recv")
+        .expect("delivery");
+    delivery
+        .dead_letter("é".repeat(1_000_000))
+        .expect("dead letter");
+    let mut dead = broker.subscribe("dlq", "g").expect("subscribe");
+    let copy = dead
+        .recv_timeout(Duration::from_secs(5))
+        .expect("recv")
+        .expect("dead letter");
+    let reason = &copy.dead_letter_info().expect("metadata").last_error;
+    assert!(
+        reason.len() <= aqueduct::MAX_REASON_BYTES + 40,
+        "{} bytes",
+        reason.len()
+    );
+    assert!(
+        reason.ends_with("[cut from 2000000 bytes]"),
+        "{}",
+        &reason[reason.len() - 40..]
+    );
+}
+
+#[test]
+fn a_config_mismatch_in_retention_shows_both_values() {
+    let broker = broker();
+    broker
+        .create_topic("t", TopicConfig::default())
+        .expect("create");
+    let other = TopicConfig::default().retention(aqueduct::Retention::UntilAcked);
+    let error = broker.create_topic("t", other).expect_err("mismatch");
+    let Error::TopicConfigMismatch {
+        existing,
+        requested,
+        ..
+    } = &error
+    else {
+        panic!("unexpected error: {error}");
+    };
+    assert_ne!(existing, requested, "{error}");
+    assert!(requested.contains("UntilAcked"), "{error}");
+}
