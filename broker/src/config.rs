@@ -29,11 +29,14 @@ pub enum Durability {
     /// fsynced. Concurrent callers share one flush (group commit). A machine crash loses
     /// nothing that was acknowledged to the caller.
     Flushed,
-    /// `publish` and `ack` return at once; a background thread writes and fsyncs the data at
-    /// most `max_delay` later. A crash of the process or the machine can lose publishes and
-    /// acks of the last `max_delay` and nothing older. A lost ack means a redelivery.
+    /// `publish` and `ack` return at once; a background thread starts a flush round that
+    /// writes and fsyncs the data at most `max_delay` later. A crash of the process or the
+    /// machine can lose the publishes and acks of the last `max_delay` plus those of the round
+    /// that was running, which lasts as long as sled's write and the fsync. A lost ack means a
+    /// redelivery.
     Buffered {
-        /// Maximum time between a publish returning and its data being fsynced.
+        /// Longest wait between a publish returning and the start of the flush round that
+        /// writes and fsyncs it.
         max_delay: Duration,
     },
 }

@@ -185,6 +185,11 @@ impl Consumer {
     /// Cancel safety: if the future is dropped, deliveries already fetched stay in this
     /// consumer's buffer for the next call.
     ///
+    /// Settling is synchronous: under `Durability::Flushed`, [`Delivery::ack`] and the other
+    /// settle methods, like `Broker::publish`, block the calling thread until a flush round
+    /// ends (milliseconds). In a tokio task, call them through
+    /// `tokio::task::spawn_blocking` or `block_in_place` when that matters.
+    ///
     /// # Errors
     ///
     /// Storage failures and [`Error::Closed`].
