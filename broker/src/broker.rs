@@ -363,13 +363,26 @@ impl Broker {
     ///
     /// # Errors
     ///
-    /// As for [`subscribe`](Self::subscribe) and [`publish`](Self::publish).
+    /// [`Error::InvalidConfig`] when no topic names `dead_letter_topic` as its dead-letter
+    /// topic; otherwise as for [`subscribe`](Self::subscribe) and [`publish`](Self::publish).
     pub fn replay_dead_letters(
         &self,
         dead_letter_topic: &str,
         group: &str,
         max: usize,
     ) -> Result<usize> {
+        let is_dead_letter_topic = self
+            .topics()
+            .iter()
+            .any(|(_, config)| config.dead_letter_topic.as_deref() == Some(dead_letter_topic));
+        if !is_dead_letter_topic {
+            // Replaying would ack the topic's messages in `group` without moving any of them.
+            return Err(Error::InvalidConfig {
+                setting: "replay_dead_letters dead_letter_topic",
+                value: dead_letter_topic.to_string(),
+                expected: "a topic that another topic names as its dead-letter topic".into(),
+            });
+        }
         let mut consumer = self.subscribe(dead_letter_topic, group)?;
         let mut replayed = 0;
         while replayed < max {

@@ -530,3 +530,24 @@ fn a_config_mismatch_in_retention_shows_both_values() {
     assert_ne!(existing, requested, "{error}");
     assert!(requested.contains("UntilAcked"), "{error}");
 }
+
+#[test]
+fn replaying_a_topic_that_is_no_dead_letter_topic_is_refused_and_acks_nothing() {
+    let broker = broker();
+    broker
+        .create_topic("orders", TopicConfig::default())
+        .expect("create");
+    broker
+        .publish("orders", Message::new("order 1"))
+        .expect("publish");
+    let error = broker
+        .replay_dead_letters("orders", "replay", 10)
+        .expect_err("orders is not a dead-letter topic");
+    assert!(matches!(error, Error::InvalidConfig { .. }), "{error}");
+    let mut consumer = broker.subscribe("orders", "replay").expect("subscribe");
+    let delivery = consumer.recv_timeout(Duration::from_secs(5)).expect("recv");
+    assert!(
+        delivery.is_some(),
+        "the refused replay consumed the message"
+    );
+}
