@@ -104,11 +104,24 @@ fn push_escaped(text: &mut String, c: char, lines: Lines) {
         '\n' => text.push_str("\\n"),
         '\t' => text.push_str("\\t"),
         '\r' => text.push_str("\\r"),
-        c if c.is_control() => {
+        c if c.is_control() || reorders_text(c) => {
             let _ = write!(text, "\\u{{{:02x}}}", u32::from(c));
         }
         c => text.push(c),
     }
+}
+
+/// Whether `c` is an invisible formatting character that changes how a terminal orders or
+/// joins the text around it: the bidirectional marks, embeddings, overrides and isolates, the
+/// zero-width characters and the byte order mark. Shown raw, they can make a line read
+/// differently from its bytes.
+fn reorders_text(c: char) -> bool {
+    matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
+}
+
+/// Escapes stored text, such as an id, a header name or a dead-letter reason, for one line.
+pub fn escape_line(text: &str) -> String {
+    escape_text(text.as_bytes(), Lines::Single)
 }
 
 /// Formats `payload` like `xxd`: offset, 16 bytes in hex, and the printable ASCII bytes.
@@ -198,6 +211,11 @@ mod tests {
     #[test]
     fn escape_multiple_lines_keeps_newlines() {
         assert_eq!(escape_text(b"a\nb", Lines::Multiple), "a\nb");
+    }
+
+    #[test]
+    fn escape_bidi_override() {
+        assert_eq!(escape_line("abc\u{202e}def"), "abc\\u{202e}def");
     }
 
     #[test]

@@ -409,3 +409,41 @@ fn dead_letters_rejects_plain_topic() {
     );
     assert!(run.stderr.contains("orders.dlq"), "{}", run.stderr);
 }
+
+#[test]
+fn peek_full_escapes_terminal_controls_in_stored_text() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let broker = common::open(dir.path());
+        let dead = aqueduct::TopicConfig::default();
+        broker.create_topic("tricks-dlq", dead).expect("topic");
+        let config = aqueduct::TopicConfig::default().dead_letter_topic("tricks-dlq");
+        broker.create_topic("tricks", config).expect("topic");
+        let message = aqueduct::Message::new("body")
+            .id("id\u{1b}[2J")
+            .header("name\u{202e}x", "value");
+        broker.publish("tricks", message).expect("publish");
+        let mut consumer = broker.subscribe("tricks", "g").expect("subscribe");
+        let delivery = consumer
+            .recv_timeout(Duration::from_secs(5))
+            .expect("recv")
+            .expect("delivery");
+        delivery
+            .dead_letter("failed\u{1b}]0;title\u{7}")
+            .expect("dead letter");
+    }
+    for topic in ["tricks", "tricks-dlq"] {
+        let run = aqueduct(dir.path(), &["peek", topic, "--full"]);
+        assert!(
+            !run.stdout.contains('\u{1b}'),
+            "raw escape in {topic}: {:?}",
+            run.stdout
+        );
+        assert!(
+            !run.stdout.contains('\u{202e}'),
+            "raw override in {topic}: {:?}",
+            run.stdout
+        );
+        assert!(run.stdout.contains("\\u{1b}"), "{}", run.stdout);
+    }
+}

@@ -242,13 +242,14 @@ impl MessageView {
             lines.push(format!("  key: {key}"));
         }
         if let Some(id) = &self.id {
-            lines.push(format!("  id: {id}"));
+            lines.push(format!("  id: {}", render::escape_line(id)));
         }
         if let Some(deliver_at) = self.deliver_at_ms {
             lines.push(format!("  deliver at: {}", render::time_millis(deliver_at)));
         }
         for header in &self.headers {
-            lines.push(format!("  header {}: {}", header.name, header.value));
+            let name = render::escape_line(&header.name);
+            lines.push(format!("  header {name}: {}", header.value));
         }
         if let Some(dead_letter) = &self.dead_letter {
             lines.extend(dead_letter.lines());
@@ -279,7 +280,7 @@ impl DeadLetterView {
             ),
             format!("  group: {}, attempts: {}", info.group, info.attempts),
             format!("  dead-lettered at: {}", self.dead_lettered_at),
-            format!("  last error: {}", info.last_error),
+            format!("  last error: {}", render::escape_line(&info.last_error)),
         ]
     }
 }
