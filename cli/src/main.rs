@@ -5,7 +5,8 @@
 //! locked database the tool prints an error and exits with status 1.
 //!
 //! Every command prints aligned text that fits the terminal, or one JSON document on stdout
-//! with `--json`. Errors go to stderr with exit status 1, and usage errors exit with status 2.
+//! with `--json`. Errors go to stderr with exit status 1 (and, with `--json`, to stdout as
+//! `{"error": "..."}`), and usage errors exit with status 2.
 
 mod commands;
 mod database;
@@ -100,6 +101,10 @@ fn main() -> ExitCode {
         }
         Err(error) => {
             eprintln!("error: {error}");
+            if cli.json {
+                // Scripts that parse stdout get a document for failures too.
+                println!("{}", serde_json::json!({ "error": error.to_string() }));
+            }
             ExitCode::FAILURE
         }
     }

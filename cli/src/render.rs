@@ -2,7 +2,8 @@
 //!
 //! Text escapes what a terminal cannot show safely: a byte that is not part of valid UTF-8
 //! becomes `\xNN`, a backslash becomes `\\`, and control characters become `\n`, `\r`, `\t`
-//! or `\u{NN}`. The escaping is reversible, so no byte of a payload is hidden.
+//! or `\u{NN}`, as do the invisible characters that reorder text, such as bidirectional
+//! overrides. The escaping is reversible, so no byte of a payload is hidden.
 
 use std::fmt::Write as _;
 use std::time::{Duration, UNIX_EPOCH};

@@ -30,7 +30,12 @@ fn locked_database_rejected_in_json_mode() {
     let holder = common::open(db.path());
     let run = aqueduct(db.path(), &["--json", "groups"]);
     assert_eq!(run.status, Some(1));
-    assert!(run.stdout.is_empty(), "{}", run.stdout);
+    let error = run.json()["error"]
+        .as_str()
+        .expect("an error field")
+        .to_string();
+    assert!(error.contains("open"), "{error}");
+    assert!(run.stderr.contains(&error), "{}", run.stderr);
     drop(holder);
 }
 
