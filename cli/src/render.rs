@@ -112,8 +112,8 @@ fn push_escaped(text: &mut String, c: char, lines: Lines) {
     }
 }
 
-/// Whether `c` is an invisible formatting character that changes how a terminal orders or
-/// joins the text around it: the bidirectional marks, embeddings, overrides and isolates, the
+/// Returns whether `c` is an invisible formatting character that changes how a terminal
+/// orders or joins the text around it: the bidirectional marks, embeddings, overrides and isolates, the
 /// zero-width characters and the byte order mark. Shown raw, they can make a line read
 /// differently from its bytes.
 fn reorders_text(c: char) -> bool {
