@@ -113,9 +113,9 @@ fn push_escaped(text: &mut String, c: char, lines: Lines) {
 }
 
 /// Returns whether `c` is an invisible formatting character that changes how a terminal
-/// orders or joins the text around it: the bidirectional marks, embeddings, overrides and isolates, the
-/// zero-width characters and the byte order mark. Shown raw, they can make a line read
-/// differently from its bytes.
+/// orders or joins the text around it: the bidirectional marks, embeddings, overrides and
+/// isolates, the zero-width characters and the byte order mark. Shown raw, they can make a
+/// line read differently from its bytes.
 fn reorders_text(c: char) -> bool {
     matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
 }
