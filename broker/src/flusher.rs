@@ -153,7 +153,13 @@ impl Flusher {
                 }
                 Err(error) => {
                     tracing::error!(%error, "flush round failed; rejecting further writes");
-                    state.failure.get_or_insert_with(|| error.to_string());
+                    // A round that failed because storage was already poisoned keeps that
+                    // cause, so the message does not wrap one poisoning in another.
+                    let cause = match error {
+                        Error::Poisoned { cause } => cause,
+                        other => other.to_string(),
+                    };
+                    state.failure.get_or_insert(cause);
                 }
             }
             self.done.notify_all();
