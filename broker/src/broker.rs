@@ -100,6 +100,16 @@ impl Broker {
                 expected: "a directory path, such as \"./data\"".into(),
             });
         }
+        if path.exists() && !path.is_dir() {
+            let source = std::io::Error::new(
+                std::io::ErrorKind::NotADirectory,
+                "this is a file, not a directory; pass a directory path for the database",
+            );
+            return Err(Error::Io {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
         let storage = Storage::open(path, config.cache_bytes)?;
         let broker = Self::start(storage, config)?;
         tracing::info!(path = %path.display(), "broker opened");

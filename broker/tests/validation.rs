@@ -551,3 +551,18 @@ fn replaying_a_topic_that_is_no_dead_letter_topic_is_refused_and_acks_nothing() 
         "the refused replay consumed the message"
     );
 }
+
+#[test]
+fn a_file_as_database_path_is_rejected_and_left_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("not-a-directory");
+    std::fs::write(&file, b"keep me").expect("write");
+    let error = Broker::open(&file).expect_err("a file is no database directory");
+    assert!(
+        matches!(error, Error::Io { .. }),
+        "unexpected error: {error}"
+    );
+    assert!(error.to_string().contains("not-a-directory"), "{error}");
+    assert!(error.to_string().contains("not a directory"), "{error}");
+    assert_eq!(std::fs::read(&file).expect("read"), b"keep me");
+}
