@@ -466,6 +466,37 @@ impl Broker {
         Ok(parked.iter().map(ParkedKey::new).collect())
     }
 
+    /// Deletes consumer group `group` of `topic`: its committed offsets, attempt counts, delays
+    /// and parked keys. Retention and backlog limits stop waiting for it, and a later subscribe
+    /// with the same name creates a new group. Returns whether the group existed. Deliveries
+    /// still held from the group fail with [`Error::GroupDeleted`] when settled.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::GroupInUse`] while consumers are subscribed to the group,
+    /// [`Error::TopicNotFound`], [`Error::InvalidName`], storage failures.
+    pub fn delete_group(&self, topic: &str, group: &str) -> Result<bool> {
+        validate_name("group", group)?;
+        let shared = &self.inner.shared;
+        let topic = shared.topic(topic)?;
+        let mut groups = shared.groups.lock();
+        let key = (topic.name.clone(), group.to_string());
+        if let Some(loaded) = groups.get(&key) {
+            loaded.delete()?;
+        }
+        let existed = shared.storage.load_group_meta(topic.id, group)?.is_some();
+        shared
+            .storage
+            .remove_group(topic.id, topic.partition_count(), group)?;
+        groups.remove(&key);
+        drop(groups);
+        topic.remove_floor(group);
+        if existed {
+            tracing::info!(topic = %topic.name, group, "deleted consumer group");
+        }
+        Ok(existed)
+    }
+
     /// Releases a parked key, so that group `group` delivers its later messages again; returns
     /// whether the key was parked. Replay the dead letter first if it should be processed
     /// before them.

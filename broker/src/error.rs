@@ -81,6 +81,29 @@ pub enum Error {
         requested: String,
     },
 
+    /// A group cannot be deleted while consumers are subscribed to it.
+    #[error(
+        "group {group:?} of topic {topic:?} has {consumers} subscribed consumer(s); drop them \
+         before deleting the group"
+    )]
+    GroupInUse {
+        /// The topic name.
+        topic: String,
+        /// The group name.
+        group: String,
+        /// Consumers subscribed when the delete was requested.
+        consumers: usize,
+    },
+
+    /// The group was deleted while this delivery or consumer still referred to it.
+    #[error("group {group:?} of topic {topic:?} was deleted; subscribe again to create it anew")]
+    GroupDeleted {
+        /// The topic name.
+        topic: String,
+        /// The group name.
+        group: String,
+    },
+
     /// The dead-letter topic named in a topic's configuration does not exist.
     #[error(
         "dead-letter topic {dead_letter_topic:?} of topic {topic:?} not found; create it before \

@@ -91,6 +91,8 @@ struct GroupState {
     max_unacked: usize,
     /// Keys held back after a dead letter, by key hash (per-key mode only).
     parked: HashMap<u64, ParkedRecord>,
+    /// Set by `Broker::delete_group`; the group then changes nothing, in memory or storage.
+    deleted: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -220,6 +222,7 @@ impl Group {
                 rotation: 0,
                 max_unacked: parts.max_unacked,
                 parked,
+                deleted: false,
             }),
             floor,
             redeliveries: AtomicU64::new(0),
@@ -311,6 +314,7 @@ impl Group {
     pub fn fetch(&self, consumer: u64, max: usize) -> Result<Fetched> {
         let now = self.clock.now_ms();
         let mut state = self.state.lock();
+        self.check_live(&state)?;
         self.expire_leases(&mut state, now)?;
 
         let partition_count = state.partitions.len();
@@ -565,6 +569,31 @@ impl Group {
         self.sync_settled()
     }
 
+    /// Marks the group deleted, so that it writes nothing more and its outstanding deliveries
+    /// fail with `GroupDeleted`. Fails with `GroupInUse` while consumers are subscribed.
+    pub fn delete(&self) -> Result<()> {
+        let mut state = self.state.lock();
+        if !state.members.is_empty() {
+            return Err(Error::GroupInUse {
+                topic: self.topic.name.clone(),
+                group: self.name.clone(),
+                consumers: state.members.len(),
+            });
+        }
+        state.deleted = true;
+        Ok(())
+    }
+
+    fn check_live(&self, state: &GroupState) -> Result<()> {
+        if state.deleted {
+            return Err(Error::GroupDeleted {
+                topic: self.topic.name.clone(),
+                group: self.name.clone(),
+            });
+        }
+        Ok(())
+    }
+
     /// Whether this group and `other` belong to the same broker, and so share its flush rounds.
     pub fn shares_flusher(&self, other: &Group) -> bool {
         Arc::ptr_eq(&self.flusher, &other.flusher)
@@ -587,6 +616,7 @@ impl Group {
         outcome: Outcome,
     ) -> Result<()> {
         let mut state = self.state.lock();
+        self.check_live(&state)?;
         let index = partition as usize;
         let slot = state
             .partitions
@@ -644,6 +674,7 @@ impl Group {
         let now = self.clock.now_ms();
         let deadline = now.saturating_add(self.topic.config.ack_timeout_ms);
         let mut state = self.state.lock();
+        self.check_live(&state)?;
         let slot = state
             .partitions
             .get_mut(partition as usize)
@@ -694,6 +725,9 @@ impl Group {
     /// Writes the cursors and delay records that changed since they were last written.
     pub fn persist_dirty(&self) -> Result<()> {
         let mut state = self.state.lock();
+        if state.deleted {
+            return Ok(());
+        }
         for partition in 0..state.partitions.len() {
             let cursor = &state.partitions[partition];
             if cursor.dirty || cursor.delays_dirty {

@@ -235,6 +235,12 @@ impl TopicLog {
         floor
     }
 
+    /// Forgets a deleted group's floor, so retention and backlog limits no longer wait for it.
+    pub fn remove_floor(&self, group: &str) {
+        self.floors.write().retain(|floor| floor.group != group);
+        self.space.bump();
+    }
+
     /// Returns the registered group floors.
     pub fn floors(&self) -> Vec<Arc<GroupFloor>> {
         self.floors.read().clone()

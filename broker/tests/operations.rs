@@ -139,3 +139,94 @@ fn purge_removes_everything_and_keeps_offsets() {
         .expect("msg");
     assert_eq!(next.payload(), b"after");
 }
+
+#[test]
+fn deleting_a_group_frees_the_backlog_and_forgets_its_position() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let limit = aqueduct::BacklogLimit {
+        max_messages: Some(5),
+        max_bytes: None,
+        when_full: aqueduct::WhenFull::Reject,
+    };
+    let payloads = |range: std::ops::Range<u8>| range.map(|i| aqueduct::Message::new(vec![i]));
+    {
+        let broker = aqueduct::Broker::open(dir.path()).expect("open");
+        let config = aqueduct::TopicConfig::default().backlog_limit(limit);
+        broker.create_topic("t", config).expect("create");
+        let mut fast = broker.subscribe("t", "fast").expect("subscribe");
+        let slow = broker.subscribe("t", "slow").expect("subscribe");
+        broker.publish_batch("t", payloads(0..5)).expect("publish");
+        for _ in 0..5 {
+            fast.recv_timeout(std::time::Duration::from_secs(5))
+                .expect("recv")
+                .expect("delivery")
+                .ack()
+                .expect("ack");
+        }
+        let full = broker.publish("t", aqueduct::Message::new(vec![5]));
+        assert!(full.is_err(), "the slow group should hold the backlog full");
+
+        let in_use = broker
+            .delete_group("t", "slow")
+            .expect_err("slow has a consumer");
+        assert!(
+            matches!(in_use, aqueduct::Error::GroupInUse { consumers: 1, .. }),
+            "{in_use}"
+        );
+        drop(slow);
+        assert!(broker.delete_group("t", "slow").expect("delete"));
+        assert!(!broker.delete_group("t", "slow").expect("second delete"));
+        broker
+            .publish("t", aqueduct::Message::new(vec![5]))
+            .expect("room after the delete");
+        let stats = broker.stats().expect("stats");
+        let names: Vec<&str> = stats.topics[0]
+            .groups
+            .iter()
+            .map(|g| g.name.as_str())
+            .collect();
+        assert_eq!(names, vec!["fast"]);
+    }
+    let broker = aqueduct::Broker::open(dir.path()).expect("reopen");
+    let stats = broker.stats().expect("stats");
+    let names: Vec<&str> = stats.topics[0]
+        .groups
+        .iter()
+        .map(|g| g.name.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        vec!["fast"],
+        "the deleted group came back after reopen"
+    );
+    // The name is free again: a new group starts at the oldest retained message.
+    let mut again = broker.subscribe("t", "slow").expect("subscribe");
+    let first = again
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .expect("recv")
+        .expect("delivery");
+    assert_eq!(first.payload(), &[0]);
+}
+
+#[test]
+fn a_delivery_of_a_deleted_group_cannot_be_settled() {
+    let broker = aqueduct::Broker::temporary().expect("broker");
+    broker
+        .create_topic("t", aqueduct::TopicConfig::default())
+        .expect("create");
+    broker
+        .publish("t", aqueduct::Message::new("m"))
+        .expect("publish");
+    let mut consumer = broker.subscribe("t", "g").expect("subscribe");
+    let delivery = consumer
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .expect("recv")
+        .expect("delivery");
+    drop(consumer);
+    assert!(broker.delete_group("t", "g").expect("delete"));
+    let error = delivery.ack().expect_err("the group is gone");
+    assert!(
+        matches!(error, aqueduct::Error::GroupDeleted { .. }),
+        "{error}"
+    );
+}
