@@ -88,6 +88,27 @@ pub enum CliError {
         messages: u64,
     },
 
+    /// `delete-group` named a group that the topic does not have.
+    #[error("group {group:?} not found in topic {topic:?}; the `groups` command lists them")]
+    GroupNotFound {
+        /// The topic name.
+        topic: String,
+        /// The group name.
+        group: String,
+    },
+
+    /// `delete-group` was run without `--yes`.
+    #[error(
+        "delete-group removes the offsets, attempt counts and parked keys of group {group:?} of \
+         topic {topic:?} and cannot be undone; run it again with --yes to confirm"
+    )]
+    DeleteGroupNotConfirmed {
+        /// The topic name.
+        topic: String,
+        /// The group name.
+        group: String,
+    },
+
     /// The broker returned an error.
     #[error(transparent)]
     Broker(aqueduct::Error),

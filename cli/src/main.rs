@@ -22,7 +22,7 @@ use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-use crate::commands::{dead_letters, groups, peek, purge, replay, topics};
+use crate::commands::{dead_letters, delete_group, groups, peek, purge, replay, topics};
 use crate::error::CliError;
 
 /// Inspect and operate an aqueduct broker database.
@@ -79,6 +79,9 @@ enum Command {
 
     /// Remove every message of a topic (requires --yes)
     Purge(purge::PurgeArgs),
+
+    /// Delete a consumer group: its offsets, attempt counts and parked keys (requires --yes)
+    DeleteGroup(delete_group::DeleteGroupArgs),
 }
 
 fn main() -> ExitCode {
@@ -124,6 +127,7 @@ fn run(cli: &Cli, db: &std::path::Path) -> Result<(), CliError> {
         }
         Command::Replay(args) => output::print(&replay::run(&broker, args)?, json)?,
         Command::Purge(args) => output::print(&purge::run(&broker, args)?, json)?,
+        Command::DeleteGroup(args) => output::print(&delete_group::run(&broker, args)?, json)?,
     }
     Ok(())
 }

@@ -135,3 +135,31 @@ fn purge_unknown_topic_fails() {
         run.stderr
     );
 }
+
+#[test]
+fn delete_group_needs_yes_then_removes_the_group() {
+    let db = prepare(1);
+    let run = aqueduct(db.path(), &["delete-group", "orders", "shipping"]);
+    assert_eq!(run.status, Some(1));
+    assert!(run.stderr.contains("--yes"), "{}", run.stderr);
+
+    let run = aqueduct(
+        db.path(),
+        &["delete-group", "orders", "shipping", "--yes", "--json"],
+    );
+    assert_eq!(run.status, Some(0), "stderr: {}", run.stderr);
+    assert_eq!(run.json()["group"], "shipping");
+
+    let groups = aqueduct(db.path(), &["groups", "orders", "--json"]);
+    assert!(!groups.stdout.contains("\"shipping\""), "{}", groups.stdout);
+    assert!(groups.stdout.contains("\"billing\""), "{}", groups.stdout);
+    assert_eq!(
+        retained(db.path(), "orders"),
+        ORDERS as usize,
+        "messages stay"
+    );
+
+    let run = aqueduct(db.path(), &["delete-group", "orders", "shipping", "--yes"]);
+    assert_eq!(run.status, Some(1));
+    assert!(run.stderr.contains("not found"), "{}", run.stderr);
+}

@@ -1,6 +1,7 @@
 //! The subcommands. Each takes an open broker and returns a [`Report`](crate::output::Report).
 
 pub mod dead_letters;
+pub mod delete_group;
 pub mod groups;
 pub mod peek;
 pub mod purge;
