@@ -251,7 +251,7 @@ fn end_to_end_matrix(c: &mut Criterion) {
     group.finish();
 }
 
-/// The raw-sled queue: a producer thread inserts one key per message while `consumers` threads
+/// Benchmarks the raw-sled queue: a producer thread inserts one key per message while `consumers` threads
 /// each read and remove every `consumers`-th key in order, then one flush and fsync.
 fn raw_sled_queue(group: &mut BenchmarkGroup<'_, WallTime>, consumers: u64, payload: &[u8]) {
     let sled = RawSled::open();
@@ -295,7 +295,7 @@ fn wait_for_key(sled: &RawSled, seq: u64) {
     }
 }
 
-/// The channel queue: a producer thread sends every message while `consumers` threads receive
+/// Benchmarks the channel queue: a producer thread sends every message while `consumers` threads receive
 /// from the same channel until it is empty and closed.
 fn channel_queue(group: &mut BenchmarkGroup<'_, WallTime>, consumers: u64, payload: &[u8]) {
     let id = BenchmarkId::new("crossbeam_channel", format!("{consumers}_consumers"));

@@ -154,7 +154,7 @@ fn event_store_append(c: &mut Criterion) {
 }
 
 /// Appends `event` at global `position` to `stream` in one sled transaction, if the stream's
-/// version key still holds `expected`.
+/// version key still contains `expected`.
 ///
 /// # Panics
 ///

@@ -35,7 +35,7 @@ pub enum Durability {
     /// that was running, which lasts as long as sled's write and the fsync. A lost ack means a
     /// redelivery.
     Buffered {
-        /// Longest wait between a publish returning and the start of the flush round that
+        /// Maximum wait between a publish returning and the start of the flush round that
         /// writes and fsyncs it.
         max_delay: Duration,
     },
@@ -472,13 +472,13 @@ pub enum OrderingMode {
     PerPartition,
 }
 
-/// Where a new consumer group starts reading each partition.
+/// The position at which a new consumer group starts reading each partition.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum StartPosition {
-    /// At the oldest retained message, so the group sees everything the topic still holds.
+    /// At the oldest retained message, so the group receives everything the topic retains.
     #[default]
     Earliest,
-    /// At the partition's next offset when the group is created, so the group sees only
+    /// At the partition's next offset when the group is created, so the group receives only
     /// messages published after that.
     Latest,
 }

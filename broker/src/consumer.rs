@@ -573,7 +573,7 @@ impl Delivery {
     }
 }
 
-/// Longest dead-letter reason kept, in bytes. Longer reasons are cut, so that a handler that
+/// Maximum length of a dead-letter reason, in bytes. Longer reasons are cut, so that a handler that
 /// passes a whole error report cannot store more than a message's worth of text.
 pub const MAX_REASON_BYTES: usize = 4096;
 

@@ -594,7 +594,8 @@ impl Group {
         Ok(())
     }
 
-    /// Whether this group and `other` belong to the same broker, and so share its flush rounds.
+    /// Returns whether this group and `other` belong to the same broker, and so share its
+    /// flush rounds.
     pub fn shares_flusher(&self, other: &Group) -> bool {
         Arc::ptr_eq(&self.flusher, &other.flusher)
     }

@@ -37,7 +37,8 @@ use crate::storage::{BlockWrite, Storage};
 /// a consumer a few thousand messages behind the head does not decode blocks from sled.
 const RECENT_TOPIC_BYTES: usize = 2 * 1024 * 1024;
 
-/// Fewest newest blocks each partition keeps decoded, whatever the topic's partition count.
+/// Minimum number of newest blocks each partition keeps decoded, whatever the topic's
+/// partition count.
 const MIN_RECENT_BLOCKS: usize = 16;
 
 /// Maximum number of messages in one block, whatever their size.

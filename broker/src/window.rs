@@ -1,6 +1,6 @@
 //! A map from offsets to entries for a mostly dense range of offsets.
 //!
-//! A group's window holds the loaded offsets of a partition from the oldest unsettled one to
+//! A group's window contains the loaded offsets of a partition from the oldest unsettled one to
 //! the newest loaded one. Offsets arrive in order and leave mostly from the front, so a ring
 //! buffer indexed by `offset - base` serves every lookup in constant time. Offsets that were
 //! removed from the middle, or skipped, leave empty places until the front passes them.
@@ -71,8 +71,9 @@ impl<T> Window<T> {
 
     /// Returns the lowest offset with an entry.
     pub fn first_offset(&self) -> Option<u64> {
-        let index = self.places.iter().position(Option::is_some)?;
-        Some(self.base + index as u64)
+        // `trim` keeps an entry in the front place whenever the window is not empty.
+        self.places.front()?.as_ref()?;
+        Some(self.base)
     }
 
     /// Removes entries from the front while `remove` returns true for them.
@@ -117,7 +118,7 @@ impl<T> Window<T> {
         usize::try_from(index).ok()
     }
 
-    /// Drops empty places at both ends, so the front place always holds an entry.
+    /// Drops empty places at both ends, so the front place always contains an entry.
     fn trim(&mut self) {
         while matches!(self.places.front(), Some(None)) {
             self.places.pop_front();

@@ -223,7 +223,7 @@ fn recovered_deliveries_arrive_one_by_one() {
 }
 
 #[test]
-fn ack_all_shares_one_flush_round_and_survives_reopen() {
+fn ack_all_shares_flush_round() {
     let dir = tempfile::tempdir().expect("tempdir");
     let flushed = || BrokerConfig::default().durability(aqueduct::Durability::Flushed);
     {
@@ -264,7 +264,7 @@ fn ack_all_shares_one_flush_round_and_survives_reopen() {
 }
 
 #[test]
-fn ack_all_reports_an_expired_lease_and_settles_the_rest() {
+fn ack_all_reports_expired_lease() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (broker, clock) = manual_broker(dir.path());
     let config = TopicConfig::default().ack_timeout(Duration::from_secs(30));
@@ -302,7 +302,7 @@ fn ack_all_reports_an_expired_lease_and_settles_the_rest() {
 }
 
 #[test]
-fn a_group_created_at_latest_sees_only_later_messages_also_after_reopen() {
+fn latest_start_skips_old_messages() {
     let dir = tempfile::tempdir().expect("tempdir");
     let payloads = |range: std::ops::Range<u8>| range.map(|i| Message::new(vec![i]));
     let drain = |consumer: &mut aqueduct::Consumer| {
@@ -317,18 +317,21 @@ fn a_group_created_at_latest_sees_only_later_messages_also_after_reopen() {
         seen.sort_unstable();
         seen
     };
+
     {
         let broker = Broker::open(dir.path()).expect("open");
         broker
             .create_topic("t", TopicConfig::default().partitions(3))
             .expect("create");
         broker.publish_batch("t", payloads(0..6)).expect("publish");
+
         let latest = ConsumerConfig::default().start_position(StartPosition::Latest);
         let mut consumer = broker
             .subscribe_with("t", "new", latest.clone())
             .expect("subscribe");
         broker.publish_batch("t", payloads(6..9)).expect("publish");
         assert_eq!(drain(&mut consumer), vec![6, 7, 8]);
+
         // Created and never read from: only its starting cursors are stored.
         drop(
             broker
@@ -336,8 +339,10 @@ fn a_group_created_at_latest_sees_only_later_messages_also_after_reopen() {
                 .expect("subscribe"),
         );
     }
+
     let broker = Broker::open(dir.path()).expect("reopen");
     broker.publish_batch("t", payloads(9..10)).expect("publish");
+
     // The group exists now, so the default start position does not move it back.
     let mut consumer = broker.subscribe("t", "new").expect("subscribe");
     assert_eq!(drain(&mut consumer), vec![9]);

@@ -98,7 +98,7 @@ fn batch_receipts_follow_input_order() {
 /// the dead letter wrote the cursor in its transaction and the delay record waited for the
 /// next cursor change. After a reopen the delayed message came back at once.
 #[test]
-fn nack_after_delay_survives_a_dead_letter_and_reopen() {
+fn nack_after_delay_survives_dead_letter() {
     let setup = Setup {
         partitions: 1,
         groups: vec![

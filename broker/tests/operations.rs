@@ -141,7 +141,7 @@ fn purge_removes_everything_and_keeps_offsets() {
 }
 
 #[test]
-fn deleting_a_group_frees_the_backlog_and_forgets_its_position() {
+fn delete_group_frees_backlog() {
     let dir = tempfile::tempdir().expect("tempdir");
     let limit = aqueduct::BacklogLimit {
         max_messages: Some(5),
@@ -209,7 +209,7 @@ fn deleting_a_group_frees_the_backlog_and_forgets_its_position() {
 }
 
 #[test]
-fn a_delivery_of_a_deleted_group_cannot_be_settled() {
+fn delete_group_fails_held_deliveries() {
     let broker = aqueduct::Broker::temporary().expect("broker");
     broker
         .create_topic("t", aqueduct::TopicConfig::default())

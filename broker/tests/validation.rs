@@ -448,7 +448,7 @@ fn decode_rejects_trailing_bytes() {
 }
 
 #[test]
-fn empty_database_path_is_rejected_before_any_file_is_written() {
+fn open_rejects_empty_path() {
     // sled would create `conf` and `db` in the working directory before failing.
     let stray = ["conf", "db", "aqueduct.generation"];
     let existed: Vec<bool> = stray
@@ -475,7 +475,7 @@ fn empty_database_path_is_rejected_before_any_file_is_written() {
 }
 
 #[test]
-fn a_long_dead_letter_reason_is_cut() {
+fn dead_letter_cuts_long_reason() {
     let broker = broker();
     broker
         .create_topic("dlq", TopicConfig::default())
@@ -485,6 +485,7 @@ fn a_long_dead_letter_reason_is_cut() {
     broker
         .publish("work", Message::new("job"))
         .expect("publish");
+
     let mut consumer = broker.subscribe("work", "g").expect("subscribe");
     let delivery = consumer
         .recv_timeout(Duration::from_secs(5))
@@ -493,6 +494,7 @@ fn a_long_dead_letter_reason_is_cut() {
     delivery
         .dead_letter("é".repeat(1_000_000))
         .expect("dead letter");
+
     let mut dead = broker.subscribe("dlq", "g").expect("subscribe");
     let copy = dead
         .recv_timeout(Duration::from_secs(5))
@@ -512,7 +514,7 @@ fn a_long_dead_letter_reason_is_cut() {
 }
 
 #[test]
-fn a_config_mismatch_in_retention_shows_both_values() {
+fn config_mismatch_shows_retention() {
     let broker = broker();
     broker
         .create_topic("t", TopicConfig::default())
@@ -532,7 +534,7 @@ fn a_config_mismatch_in_retention_shows_both_values() {
 }
 
 #[test]
-fn replaying_a_topic_that_is_no_dead_letter_topic_is_refused_and_acks_nothing() {
+fn replay_rejects_ordinary_topic() {
     let broker = broker();
     broker
         .create_topic("orders", TopicConfig::default())
@@ -553,7 +555,7 @@ fn replaying_a_topic_that_is_no_dead_letter_topic_is_refused_and_acks_nothing() 
 }
 
 #[test]
-fn a_file_as_database_path_is_rejected_and_left_alone() {
+fn open_rejects_file_path() {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("not-a-directory");
     std::fs::write(&file, b"keep me").expect("write");

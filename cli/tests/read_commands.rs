@@ -411,7 +411,7 @@ fn dead_letters_rejects_plain_topic() {
 }
 
 #[test]
-fn peek_full_escapes_terminal_controls_in_stored_text() {
+fn peek_full_escapes_controls() {
     let dir = tempfile::tempdir().expect("tempdir");
     {
         let broker = common::open(dir.path());
